@@ -1,0 +1,35 @@
+"""The interface every registered distiller implements."""
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from mlkd.outputs import LossOutput, ModelOutput
+
+
+class Distiller(nn.Module):
+    """Base class of every registered distiller: the whole training objective of one batch.
+
+    ``forward(student, teacher, targets)`` returns a `LossOutput` whose ``total`` is the task loss
+    (binary cross-entropy summed over batch and labels, weighted by ``bce_weight``) plus the method's
+    weighted distillation terms, and whose ``terms`` holds each weighted part by name
+    (``"bce"`` first), so that the parts add up to ``total``.
+
+    Class attributes tell the training engine what a distiller needs:
+        requires_teacher: False only for ``vanilla`` (the teacher is then not run at all).
+        uses_features: True when the distiller reads ``ModelOutput.features``.
+        uses_embeddings: True when it reads ``ModelOutput.label_embeddings``.
+
+    Distillers with trainable parts whose sizes depend on the models (projections, fusion modules)
+    create them in `build`, which the engine calls once with sample outputs of both models before
+    it builds the optimizer; their parameters are then trained together with the student's.
+    """
+
+    requires_teacher: bool = True
+    uses_features: bool = False
+    uses_embeddings: bool = False
+
+    def build(self, student: ModelOutput, teacher: ModelOutput) -> None:
+        """Create size-dependent trainable parts from sample outputs; the default needs none."""
+
+    def forward(self, student: ModelOutput, teacher: ModelOutput | None, targets: Tensor) -> LossOutput:
+        raise NotImplementedError
