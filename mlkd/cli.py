@@ -1,0 +1,237 @@
+"""The `mlkd` command: parses flags and config files, calls the Python API, chooses exit codes."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from mlkd.config import RunConfig, load_yaml, make_config
+
+log = logging.getLogger("mlkd")
+
+METHOD_HELP = "vanilla (no distillation), l2d, mld, led, cd, id, kd, ps, mse, rkd, pkt, reviewkd"
+
+
+def _lambda(text: str) -> tuple[str, float]:
+    name, sep, value = text.partition("=")
+    try:
+        if not sep or not name:
+            raise ValueError
+        return name.strip(), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--lambda takes NAME=VALUE, e.g. --lambda cd=50; got {text!r}") from None
+
+
+def _option(text: str) -> tuple[str, Any]:
+    import yaml
+
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return name.strip(), yaml.safe_load(value)
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """Flags shared by train and distill; each maps to a `RunConfig` field (unset = file/default)."""
+    g = p.add_argument_group("run")
+    g.add_argument("--config", action="append", metavar="FILE.yaml",
+                   help="YAML file of RunConfig fields (repeatable: later files win); flags override them")
+    g.add_argument("--dataset", help="data set name (see mlkd.data.list_datasets); default fashion_mosaic")
+    g.add_argument("--data-root", dest="data_root", help="folder of the data set in its official layout")
+    g.add_argument("--dataset-option", dest="dataset_options", action="append", type=_option, metavar="KEY=VALUE",
+                   help="reader option, e.g. num_mosaics=2000 (repeatable)")
+    g.add_argument("--model", help="timm model name or built-in (tiny_cnn, small_cnn)")
+    g.add_argument("--model-option", dest="model_options", action="append", type=_option, metavar="KEY=VALUE",
+                   help="create_model option, e.g. embed_dim=256 (repeatable)")
+    g.add_argument("--weights", help="local checkpoint (.pt/.pth/.safetensors) or efficientnet-lite0|1|2")
+    g.add_argument("--pretrained", action="store_true", default=None, help="timm's pretrained weights (needs internet)")
+    g.add_argument("--img-size", dest="img_size", type=int)
+    g.add_argument("--batch-size", dest="batch_size", type=int,
+                   help="images per step and per process (under torchrun the global batch is N times larger)")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--schedule-epochs", dest="schedule_epochs", type=int, help="OneCycle length if longer than --epochs")
+    g.add_argument("--lr", type=float)
+    g.add_argument("--weight-decay", dest="weight_decay", type=float)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--amp", action="store_true", default=None, help="mixed precision on CUDA (bf16; see --amp-dtype)")
+    g.add_argument("--amp-dtype", dest="amp_dtype", choices=["bfloat16", "float16"])
+    g.add_argument("--workers", type=int, help="data loader worker processes")
+    g.add_argument("--no-augment", dest="augment", action="store_false", default=None,
+                   help="no random augmentation of training images")
+    g.add_argument("--sync-bn", dest="sync_bn", action="store_true", default=None, help="SyncBatchNorm under torchrun")
+    g.add_argument("--output", help="output folder (default runs/<command>)")
+    g.add_argument("--resume", action="store_true", default=None, help="continue the run in --output from last.pt")
+    g.add_argument("--quiet", action="store_true", default=None, help="no progress bars or per-epoch lines")
+
+
+def _add_distill_options(p: argparse.ArgumentParser, teacher_required: bool = True) -> None:
+    g = p.add_argument_group("distillation")
+    g.add_argument("--teacher", required=teacher_required, help="teacher checkpoint (best.pt of mlkd train)")
+    g.add_argument("--lambda", dest="lambdas", action="append", type=_lambda, metavar="NAME=VALUE",
+                   help="override a loss weight, e.g. --lambda cd=50 (repeatable)")
+    g.add_argument("--method-option", dest="method_options", action="append", type=_option, metavar="KEY=VALUE",
+                   help="distiller option, e.g. temperature=4 (repeatable)")
+    g.add_argument("--cache-teacher", dest="cache_teacher", action="store_true", default=None,
+                   help="compute the teacher's outputs once per image (needs --no-augment)")
+    g.add_argument("--gather-embeddings", dest="gather_embeddings", action="store_true", default=None,
+                   help="under torchrun: CD/ID see the label-wise embeddings of the global batch")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlkd", description="Multi-label knowledge distillation (L2D and baselines).")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model (a teacher, or a student without distillation) with BCE")
+    _add_run_options(p)
+
+    p = sub.add_parser("distill", help="train a student under a teacher with a distillation method")
+    _add_run_options(p)
+    p.add_argument("--method", help=f"distiller: {METHOD_HELP}")
+    _add_distill_options(p)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint; prints and writes the metrics")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--dataset")
+    p.add_argument("--data-root", dest="data_root")
+    p.add_argument("--split", help="default: the checkpoint's test split")
+    p.add_argument("--img-size", dest="img_size", type=int)
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=64)
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--output", help="metrics JSON path (default: eval_<split>.json beside the checkpoint)")
+
+    p = sub.add_parser("bench", help="compare methods over seeds on one teacher (table, JSON, plots)")
+    _add_run_options(p)
+    _add_distill_options(p)
+    p.add_argument("--methods", default="vanilla,kd,l2d", help="comma-separated distillers (default vanilla,kd,l2d)")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+
+    p = sub.add_parser("demo", help="the embedded default end to end: teacher, students, comparison")
+    p.add_argument("--output", default="runs/demo")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--quick", action="store_true", help="a few-minute smoke version (fewer images and epochs)")
+
+    p = sub.add_parser("export", help="export a checkpoint (ONNX graph: images in [0, 1] -> logits)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--format", default="onnx", choices=["onnx"])
+    p.add_argument("--output", help="file to write (default: the checkpoint path with .onnx)")
+    p.add_argument("--img-size", dest="img_size", type=int)
+
+    p = sub.add_parser("list", help="list the registered models, distillers and data sets")
+    return parser
+
+
+def _run_overrides(args: argparse.Namespace, command: str) -> tuple[Any, dict[str, Any]]:
+    fields = set(RunConfig.__dataclass_fields__)
+    values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    for key in ("lambdas", "dataset_options", "model_options", "method_options"):
+        if key in values:
+            values[key] = dict(values[key])
+    config: dict[str, Any] = {}
+    for path in args.config or []:
+        config = merge_configs(config, load_yaml(path))
+    if "output" not in values and "output" not in config:
+        values["output"] = f"runs/{command}"
+    return config, values
+
+
+def merge_configs(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``extra`` over ``base``; mapping-valued keys (lambdas, *_options) are merged key by key."""
+    merged = dict(base)
+    for key, value in extra.items():
+        both_dicts = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = {**merged[key], **value} if both_dicts else value
+    return merged
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    try:
+        return _dispatch(args)
+    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, KeyError) as err:
+        print(f"mlkd {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; continue with --resume", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    import mlkd
+
+    if args.command == "list":
+        from mlkd.data import list_datasets
+        from mlkd.losses import list_distillers
+        from mlkd.models import list_models
+
+        print("models (built-in; every timm model name works too):", ", ".join(list_models()))
+        print("distillers:", ", ".join(list_distillers()))
+        print("data sets:", ", ".join(list_datasets()))
+        return 0
+    if args.command in ("train", "distill"):
+        config, values = _run_overrides(args, args.command)
+        if args.command == "distill":
+            values.setdefault("method", "l2d")
+            result = mlkd.distill(config=config, **values)
+        else:
+            result = mlkd.train(config=config, **values)
+        _print_metrics(result.metrics, f"test metrics ({result.output / 'metrics.json'})")
+        return 0
+    if args.command == "eval":
+        output = args.output or str(Path(args.checkpoint).parent / f"eval_{args.split or 'test'}.json")
+        metrics = mlkd.evaluate(args.checkpoint, args.dataset, args.data_root, args.split, img_size=args.img_size,
+                                batch_size=args.batch_size, threshold=args.threshold, device=args.device,
+                                workers=args.workers, output=output)
+        _print_metrics(metrics, f"metrics ({output})")
+        return 0
+    if args.command == "bench":
+        from mlkd.bench import compare
+
+        config, values = _run_overrides(args, "bench")
+        teacher = values.pop("teacher")
+        output = values.pop("output")
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        seeds = _int_list(args.seeds, "--seeds")
+        result = compare(teacher, methods, seeds, config=make_config(config, **values), output=output)
+        from mlkd.bench import markdown_table
+
+        print(markdown_table(result))
+        return 0
+    if args.command == "demo":
+        from mlkd.demo import run_demo
+
+        run_demo(args.output, seeds=_int_list(args.seeds, "--seeds"), quick=args.quick)
+        return 0
+    if args.command == "export":
+        path = mlkd.export(args.checkpoint, args.output, format=args.format, img_size=args.img_size)
+        print(f"wrote {path}")
+        return 0
+    raise ValueError(f"unknown command {args.command!r}")
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} takes comma-separated integers, got {text!r}") from None
+    if not values:
+        raise ValueError(f"{flag} is empty")
+    return values
+
+
+def _print_metrics(metrics: dict[str, Any], title: str) -> None:
+    print(title)
+    for key, value in metrics.items():
+        if isinstance(value, float):
+            print(f"  {key:>14}: {100 * value:6.2f}" if key.startswith(("mAP", "topk_", "thr_")) else f"  {key:>14}: {value}")
+    return None
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

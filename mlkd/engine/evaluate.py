@@ -1,0 +1,125 @@
+"""Scoring a model on a data set, exactly, on one process or many."""
+from __future__ import annotations
+
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from mlkd.engine.distributed import all_gather_varlen, current_info
+from mlkd.engine.logging import progress
+from mlkd.metrics import average_precision_per_label, multilabel_metrics
+
+
+class IndexedDataset(Dataset):
+    """Wraps a data set so that each item also carries its index: ``(image, target, index)``.
+
+    The index lets the engine re-order predictions gathered from several processes and look up
+    cached teacher outputs.
+    """
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        image, target = self.dataset[i]
+        return image, target, i
+
+
+class ShardSampler(Sampler[int]):
+    """Every ``world``-th index from ``rank``: each sample exactly once over all ranks, no padding.
+
+    (`DistributedSampler` pads with duplicates to equal lengths, which would bias metrics.)
+    """
+
+    def __init__(self, length: int, rank: int, world: int):
+        self.indices = range(rank, length, world)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class InputNorm(nn.Module):
+    """Per-channel ``(x - mean) / std`` applied on the device, or identity when ``mean`` is None.
+
+    Data sets yield images in [0, 1]; each model normalises its own input, so a teacher pretrained
+    with ImageNet statistics and a student trained from scratch can share one batch.
+    """
+
+    def __init__(self, mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
+        super().__init__()
+        self.stats = None if mean is None else {"mean": list(map(float, mean)), "std": list(map(float, std))}
+        if mean is not None:
+            self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+            self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x if self.stats is None else (x - self.mean) / self.std
+
+    @classmethod
+    def from_stats(cls, stats: dict[str, Any] | None) -> "InputNorm":
+        return cls() if stats is None else cls(stats["mean"], stats["std"])
+
+
+def eval_loader(dataset: Dataset, batch_size: int, workers: int, device: torch.device) -> DataLoader:
+    """A loader that gives every sample once, sharded over the ranks of a process group."""
+    info = current_info()
+    return DataLoader(IndexedDataset(dataset), batch_size=batch_size, num_workers=workers,
+                      sampler=ShardSampler(len(dataset), info.rank, info.world_size),
+                      pin_memory=device.type == "cuda", persistent_workers=False)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: DataLoader, device: torch.device, norm: InputNorm,
+            amp_dtype: torch.dtype | None = None, show_progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Sigmoid scores and targets of every sample of ``loader``'s data set, in data-set order.
+
+    Under a process group each rank scores its shard, then the shards are gathered and re-ordered
+    by sample index, so the result equals a single-process run.
+
+    Returns:
+        ``scores [n, q]`` and ``targets [n, q]`` as float64 numpy arrays.
+    """
+    was_training = model.training
+    model.eval()
+    norm = norm.to(device)
+    scores, targets, indices = [], [], []
+    for images, target, index in progress(loader, len(loader), "eval", show_progress):
+        images = norm(images.to(device, non_blocking=True))
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = _logits(model, images)
+        scores.append(torch.sigmoid(logits.float()))
+        targets.append(target.to(device, torch.float32))
+        indices.append(index.to(device))
+    model.train(was_training)
+    q = len(getattr(loader.dataset.dataset, "classes", [])) or 0
+    cat = lambda xs, shape: torch.cat(xs) if xs else torch.zeros(shape, device=device)  # noqa: E731
+    scores_t = all_gather_varlen(cat(scores, (0, q)))
+    targets_t = all_gather_varlen(cat(targets, (0, q)))
+    order = torch.argsort(all_gather_varlen(cat(indices, (0,)).long()))
+    return scores_t[order].double().cpu().numpy(), targets_t[order].double().cpu().numpy()
+
+
+def _logits(model: nn.Module, images: Tensor) -> Tensor:
+    inner = getattr(model, "module", model)  # unwrap DDP: evaluation needs no gradient sync
+    if hasattr(inner, "forward_logits"):
+        return inner.forward_logits(images)
+    return inner(images).logits
+
+
+def compute_metrics(scores: np.ndarray, targets: np.ndarray, threshold: float,
+                    classes: Sequence[str]) -> dict[str, Any]:
+    """The metrics written to ``metrics.json``: both protocols plus per-label AP by class name."""
+    metrics = multilabel_metrics(scores, targets, threshold=threshold)
+    ap = average_precision_per_label(scores, targets)
+    metrics["AP_per_label"] = {c: (None if np.isnan(a) else float(a)) for c, a in zip(classes, ap)}
+    metrics["num_images"] = int(scores.shape[0])
+    return metrics

@@ -1,0 +1,61 @@
+"""A store of the frozen teacher's outputs per training sample (``--cache-teacher``).
+
+For small students the teacher's forward pass dominates a distillation epoch. When the student sees
+exactly the same input for a sample every epoch (no random augmentation), the teacher's output for
+that sample never changes either, so it is computed once and read back afterwards.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mlkd.outputs import ModelOutput
+
+
+class TeacherCache:
+    """Teacher outputs of ``size`` samples, filled lazily batch by batch, kept in host memory.
+
+    Only the parts the distiller reads are kept (logits always; label-wise embeddings and stage
+    features on request), since embeddings and feature maps dominate the memory.
+    """
+
+    def __init__(self, size: int, keep_embeddings: bool, keep_features: bool):
+        self.size = size
+        self.keep_embeddings = keep_embeddings
+        self.keep_features = keep_features
+        self.filled = torch.zeros(size, dtype=torch.bool)
+        self.logits: Tensor | None = None
+        self.embeddings: Tensor | None = None
+        self.features: list[Tensor] | None = None
+
+    def has(self, index: Tensor) -> bool:
+        return bool(self.filled[index.cpu()].all())
+
+    def nbytes(self) -> int:
+        parts = [self.logits, self.embeddings, *(self.features or [])]
+        return sum(p.numel() * p.element_size() for p in parts if p is not None)
+
+    def put(self, index: Tensor, out: ModelOutput) -> None:
+        index = index.cpu()
+        if self.logits is None:  # allocate on first use, once the shapes are known
+            self.logits = torch.empty((self.size, *out.logits.shape[1:]), dtype=torch.float32)
+            if self.keep_embeddings:
+                self.embeddings = torch.empty((self.size, *out.label_embeddings.shape[1:]), dtype=torch.float32)
+            if self.keep_features:
+                self.features = [torch.empty((self.size, *f.shape[1:]), dtype=torch.float32) for f in out.features]
+        self.logits[index] = out.logits.detach().float().cpu()
+        if self.embeddings is not None:
+            self.embeddings[index] = out.label_embeddings.detach().float().cpu()
+        if self.features is not None:
+            for store, f in zip(self.features, out.features):
+                store[index] = f.detach().float().cpu()
+        self.filled[index] = True
+
+    def get(self, index: Tensor, device: torch.device) -> ModelOutput:
+        index = index.cpu()
+        fetch = lambda t: t[index].to(device, non_blocking=True)  # noqa: E731
+        return ModelOutput(
+            logits=fetch(self.logits),
+            label_embeddings=None if self.embeddings is None else fetch(self.embeddings),
+            features=[] if self.features is None else [fetch(f) for f in self.features],
+        )

@@ -1,0 +1,388 @@
+"""The training loop behind `mlkd train` and `mlkd distill`.
+
+One function, `fit`, runs a whole job from a `RunConfig`: data, models, the distiller, the optimiser
+and schedule, the epochs with validation and checkpoints, and the final test report.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from mlkd.config import RunConfig
+from mlkd.data import build_loader, build_transforms, create_dataset
+from mlkd.engine import distributed as ddp
+from mlkd.engine.checkpoint import load_checkpoint, model_from_checkpoint, rng_state, save_checkpoint, set_rng_state
+from mlkd.engine.evaluate import IndexedDataset, InputNorm, compute_metrics, eval_loader, predict
+from mlkd.engine.logging import RunLogger, plot_learning_curves, progress
+from mlkd.engine.teacher_cache import TeacherCache
+from mlkd.losses import create_distiller
+from mlkd.models import create_model
+from mlkd.outputs import LossOutput, ModelOutput
+
+log = logging.getLogger("mlkd")
+
+# The validation split carved from the training set uses a fixed seed, independent of the run's
+# seed, so that the teacher and every student of a comparison select on the same held-out images.
+SPLIT_SEED = 0
+
+
+@dataclass
+class RunResult:
+    """What `fit` returns: the output folder, the final test metrics and the per-epoch history."""
+
+    output: Path
+    metrics: dict[str, Any]
+    best_epoch: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class TrainStep(nn.Module):
+    """Student plus distiller as one module, so that DDP synchronises the gradients of both.
+
+    Under ``world_size`` processes DDP averages gradients, but the objective mixes terms summed over
+    the batch (BCE, CD, ID, ...) with batch-averaged ones (MLD, KD, ...). Scaling each summed term
+    by ``world_size`` before the backward pass makes the averaged gradient equal the gradient of the
+    objective on the global batch; the logged terms stay unscaled.
+    """
+
+    def __init__(self, student: nn.Module, distiller: nn.Module, world_size: int = 1):
+        super().__init__()
+        self.student = student
+        self.distiller = distiller
+        self.world_size = world_size
+
+    def forward(self, images: Tensor, teacher_out: ModelOutput | None, targets: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        student_out = self.student(images)
+        out: LossOutput = self.distiller(student_out, teacher_out, targets)
+        if self.world_size == 1:
+            return out.total, out.terms
+        mean_terms = getattr(self.distiller, "batch_mean_terms", frozenset())
+        total = sum(t if name in mean_terms else t * self.world_size for name, t in out.terms.items())
+        return total, out.terms
+
+
+def fit(cfg: RunConfig) -> RunResult:
+    """Run one training (``cfg.method == "vanilla"`` without a teacher) or distillation job.
+
+    Writes into ``cfg.output``: ``config.yaml``, ``last.pt`` (each epoch), ``best.pt`` (best
+    validation mAP), ``log.csv``/``log.jsonl`` (and TensorBoard events), ``learning_curve.png`` and
+    ``metrics.json`` with the test metrics of ``best.pt``.
+    """
+    info, device = ddp.init_distributed(cfg.device)
+    try:
+        return _fit(cfg, info, device)
+    finally:
+        ddp.shutdown_distributed()
+
+
+def _fit(cfg: RunConfig, info: ddp.DistInfo, device: torch.device) -> RunResult:
+    out_dir = Path(cfg.output)
+    resume_state = _prepare_output(cfg, out_dir, info)
+    _seed_everything(cfg.seed)
+    amp_dtype = _amp_dtype(cfg, device)
+
+    # Data.
+    train_set, val_set, test_set = build_datasets(cfg)
+    classes = list(train_set.classes)
+
+    # Models.
+    distiller = create_distiller(cfg.method, **{f"lambda_{k}": v for k, v in cfg.lambdas.items()}, **cfg.method_options)
+    teacher, teacher_norm = None, InputNorm()
+    if getattr(distiller, "requires_teacher", True):
+        teacher, teacher_norm = load_teacher(cfg.teacher, classes, device)
+    elif cfg.teacher:
+        log.warning("method %r uses no teacher; ignoring --teacher %s", cfg.method, cfg.teacher)
+    torch.manual_seed(cfg.seed)  # the student's initialisation depends on the seed alone
+    student = create_model(cfg.model, len(classes), img_size=cfg.img_size, weights=cfg.weights,
+                           pretrained=cfg.pretrained, **cfg.model_options)
+    student_norm = _student_norm(cfg, student)
+    student.to(device)
+    if cfg.sync_bn and info.enabled:
+        student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
+
+    # The distiller's size-dependent parts (projections, fusion) come from one sample batch.
+    sample = torch.stack([train_set[i][0] for i in range(min(2, len(train_set)))]).to(device)
+    with torch.no_grad():
+        student.eval()
+        s_sample = student(student_norm.to(device)(sample))
+        t_sample = teacher(teacher_norm(sample)) if teacher is not None else None
+        student.train()
+    distiller.build(s_sample, t_sample)
+    distiller.to(device)
+
+    # Loaders, optimiser, schedule.
+    train_loader = build_loader(IndexedDataset(train_set), cfg.batch_size, train=True, workers=cfg.workers,
+                                seed=cfg.seed)
+    if len(train_loader) == 0:
+        raise ValueError(f"the training set has {len(train_set)} images, fewer than one batch of {cfg.batch_size} "
+                         "(training drops incomplete batches); lower --batch-size")
+    val_loader = eval_loader(val_set, cfg.batch_size, cfg.workers, device)
+    step_module = TrainStep(student, distiller, info.world_size).to(device)
+    optimizer = build_optimizer(step_module, cfg.lr, cfg.weight_decay)
+    steps_per_epoch = len(train_loader)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=cfg.lr, total_steps=(cfg.schedule_epochs or cfg.epochs) * steps_per_epoch,
+        pct_start=cfg.warmup)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    if info.enabled:
+        ids = [device.index] if device.type == "cuda" else None
+        step_module = nn.parallel.DistributedDataParallel(step_module, device_ids=ids)
+    train_step = step_module
+    inner = step_module.module if info.enabled else step_module
+
+    cache = None
+    if cfg.cache_teacher and teacher is not None:
+        check_cache_allowed(cfg)
+        cache = TeacherCache(len(train_set), keep_embeddings=getattr(distiller, "uses_embeddings", False),
+                             keep_features=getattr(distiller, "uses_features", False))
+
+    start_epoch, best_map, best_epoch = 0, -math.inf, 0
+    logger = RunLogger(out_dir, tensorboard=cfg.tensorboard, resume=resume_state is not None) if info.is_main else None
+    if resume_state is not None:
+        inner.student.load_state_dict(resume_state["model"])
+        inner.distiller.load_state_dict(resume_state["distiller"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+        scaler.load_state_dict(resume_state["scaler"])
+        set_rng_state(resume_state["rng"])
+        start_epoch, best_map, best_epoch = resume_state["epoch"], resume_state["best_map"], resume_state["best_epoch"]
+        if logger:
+            logger.truncate(start_epoch)
+        log.info("resumed %s after epoch %d", out_dir, start_epoch)
+
+    common = {"model_args": student.model_args if hasattr(student, "model_args") else None,
+              "classes": classes, "config": cfg.to_dict(), "input_norm": student_norm.stats}
+    show = info.is_main and not cfg.quiet
+    for epoch in range(start_epoch, cfg.epochs):
+        if hasattr(train_loader.sampler, "set_epoch"):
+            train_loader.sampler.set_epoch(epoch)
+        if train_loader.generator is not None:
+            # Shuffling depends on (seed, epoch) only, so a resumed run sees the same batches.
+            train_loader.generator.manual_seed(cfg.seed * 100_003 + epoch)
+        t0 = time.perf_counter()
+        sums = run_epoch(train_step, train_loader, optimizer, scheduler, scaler, teacher, teacher_norm,
+                         student_norm, cache, device, amp_dtype, cfg.grad_clip, f"epoch {epoch + 1}/{cfg.epochs}", show)
+        seconds = time.perf_counter() - t0
+        images_seen = sums.pop("_images")
+        scores, targets = predict(inner.student, val_loader, device, student_norm, amp_dtype)
+        val_map = compute_metrics(scores, targets, cfg.threshold, classes)["mAP"]
+        record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in sums.items()}, "val_mAP": val_map,
+                  "lr": scheduler.get_last_lr()[0], "epoch_seconds": seconds,
+                  "images_per_second": images_seen / seconds}
+        improved = val_map > best_map
+        if improved:
+            best_map, best_epoch = val_map, epoch + 1
+        if info.is_main:
+            state = {**common, "model": inner.student.state_dict(), "distiller": inner.distiller.state_dict(),
+                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "scaler": scaler.state_dict(), "rng": rng_state(), "epoch": epoch + 1,
+                     "best_map": best_map, "best_epoch": best_epoch}
+            save_checkpoint(state, out_dir / "last.pt")
+            if improved:
+                save_checkpoint({**common, "model": state["model"], "epoch": epoch + 1, "best_map": best_map},
+                                out_dir / "best.pt")
+            logger.add(record)
+            if not cfg.quiet:
+                terms = " ".join(f"{k[len('train_'):]}={v:.4g}" for k, v in record.items() if k.startswith("train_"))
+                log.info("epoch %d/%d  %s  val mAP %.2f%%  %.0f img/s", epoch + 1, cfg.epochs, terms,
+                         100 * val_map, record["images_per_second"])
+        ddp.barrier()
+
+    # Final report: the best validation checkpoint on the test split.
+    best = load_checkpoint(out_dir / "best.pt", map_location="cpu") if info.is_main else None
+    best_state = ddp.broadcast_object(best["model"] if best else None)
+    inner.student.load_state_dict(best_state)
+    test_scores, test_targets = predict(inner.student, eval_loader(test_set, cfg.batch_size, cfg.workers, device),
+                                        device, student_norm, amp_dtype)
+    metrics = compute_metrics(test_scores, test_targets, cfg.threshold, classes)
+    metrics.update({"split": cfg.test_split, "best_epoch": best_epoch, "best_val_mAP": best_map,
+                    "method": cfg.method, "model": cfg.model, "seed": cfg.seed})
+    history = logger.records if logger else []
+    if info.is_main:
+        _write_json(metrics, out_dir / "metrics.json")
+        plot_learning_curves(history, out_dir / "learning_curve.png",
+                             f"{cfg.model} ({cfg.method}) on {cfg.dataset}")
+        logger.close()
+    return RunResult(out_dir, metrics, best_epoch, history)
+
+
+def run_epoch(train_step: nn.Module, loader: DataLoader, optimizer, scheduler, scaler, teacher, teacher_norm,
+              student_norm, cache: TeacherCache | None, device: torch.device, amp_dtype, grad_clip,
+              desc: str, show: bool) -> dict[str, float]:
+    """One pass over ``loader``; returns each loss term averaged per image, and the image count."""
+    train_step.train()
+    student_norm = student_norm.to(device)
+    sums: dict[str, Tensor] = {}
+    seen = 0
+    bar = progress(loader, len(loader), desc, show)
+    t0 = time.perf_counter()
+    for step, (images, targets, index) in enumerate(bar):
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            teacher_out = teacher_outputs(teacher, teacher_norm, images, index, cache, device)
+            total, terms = train_step(student_norm(images), teacher_out, targets)
+        if not torch.isfinite(total):
+            parts = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+            raise FloatingPointError(f"the loss became {total.item()} at {desc}, step {step + 1} ({parts}); "
+                                     "lower --lr, set grad_clip, or check the input data")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(total).backward()
+        if grad_clip:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(train_step.parameters(), grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        seen += images.shape[0]
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + v.detach().float()
+        if show and (step % 10 == 0 or step == len(loader) - 1):
+            rate = seen / (time.perf_counter() - t0)
+            bar.set_postfix({k: f"{float(v) / seen:.3g}" for k, v in sums.items()} | {"img/s": f"{rate:.0f}"})
+    result = {k: float(v) / seen for k, v in sums.items()}
+    result["_images"] = seen
+    return result
+
+
+@torch.no_grad()
+def teacher_outputs(teacher: nn.Module | None, norm: InputNorm, images: Tensor, index: Tensor,
+                    cache: TeacherCache | None, device: torch.device) -> ModelOutput | None:
+    """The frozen teacher's outputs for a batch, from the cache when every sample is in it."""
+    if teacher is None:
+        return None
+    if cache is not None and cache.has(index):
+        return cache.get(index, device)
+    out = teacher(norm(images))
+    if cache is not None:
+        cache.put(index, out)
+    return out
+
+
+def check_cache_allowed(cfg: RunConfig) -> None:
+    """Refuse ``--cache-teacher`` where a cached teacher output would be stale."""
+    if cfg.augment:
+        raise ValueError("--cache-teacher needs the same training input every epoch, but random augmentation "
+                         "is on; pass --no-augment (augment: false) or drop --cache-teacher")
+
+
+def build_optimizer(module: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """Adam with weight decay on weight matrices and kernels only, not on biases or norm parameters."""
+    decay, no_decay = [], []
+    for p in module.parameters():
+        if p.requires_grad:
+            (decay if p.ndim > 1 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.Adam([g for g in groups if g["params"]], lr=lr)
+
+
+def build_datasets(cfg: RunConfig) -> tuple[Dataset, Dataset, Dataset]:
+    """Training, validation and test sets; validation is carved from training when there is no split."""
+    train_tf = build_transforms(cfg.img_size, train=cfg.augment)
+    eval_tf = build_transforms(cfg.img_size, train=False)
+    make = lambda split, tf: create_dataset(cfg.dataset, cfg.data_root, split, transform=tf, **cfg.dataset_options)  # noqa: E731
+    train_full = make(cfg.train_split, train_tf)
+    test_set = make(cfg.test_split, eval_tf)
+    if cfg.val_split is not None:
+        val_set = make(cfg.val_split, eval_tf)
+        train_set = train_full
+    else:
+        n = len(train_full)
+        n_val = max(1, int(round(cfg.val_fraction * n)))
+        if n - n_val < 1:
+            raise ValueError(f"the training split has {n} images: too few to carve a validation set "
+                             f"of fraction {cfg.val_fraction}")
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED)).tolist()
+        train_set = _with_classes(Subset(train_full, sorted(perm[n_val:])), train_full.classes)
+        val_set = _with_classes(Subset(make(cfg.train_split, eval_tf), sorted(perm[:n_val])), train_full.classes)
+    if list(test_set.classes) != list(train_set.classes):
+        raise ValueError(f"the {cfg.test_split!r} split has classes {test_set.classes}, "
+                         f"but {cfg.train_split!r} has {train_set.classes}")
+    return train_set, val_set, test_set
+
+
+def _with_classes(subset: Subset, classes: list[str]) -> Subset:
+    subset.classes = list(classes)
+    return subset
+
+
+def load_teacher(path: str | None, classes: list[str], device: torch.device) -> tuple[nn.Module, InputNorm]:
+    """The frozen teacher from its checkpoint: eval mode, no gradient, classes checked."""
+    if not path:
+        raise ValueError("this method distils from a teacher: pass --teacher PATH (a best.pt written by mlkd train)")
+    teacher, state = model_from_checkpoint(path)
+    if list(state["classes"]) != list(classes):
+        raise ValueError(f"teacher {path} was trained on classes {state['classes']}, but the data set has "
+                         f"{classes}; train a teacher on this data set first")
+    teacher.requires_grad_(False)
+    return teacher.to(device).eval(), InputNorm.from_stats(state.get("input_norm")).to(device)
+
+
+def _student_norm(cfg: RunConfig, student: nn.Module) -> InputNorm:
+    """ImageNet-style statistics for pretrained backbones, none for models trained from scratch."""
+    stats = getattr(student, "data_config", None)
+    use = cfg.normalize if cfg.normalize is not None else bool(stats) and bool(cfg.weights or cfg.pretrained)
+    if not use:
+        return InputNorm()
+    if not stats:
+        stats = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+    return InputNorm(stats["mean"], stats["std"])
+
+
+def _amp_dtype(cfg: RunConfig, device: torch.device) -> torch.dtype | None:
+    if not cfg.amp:
+        return None
+    if device.type != "cuda":
+        log.warning("--amp applies to CUDA only; this run on %s stays in float32", device)
+        return None
+    return torch.bfloat16 if cfg.amp_dtype == "bfloat16" else torch.float16
+
+
+def _prepare_output(cfg: RunConfig, out_dir: Path, info: ddp.DistInfo) -> dict[str, Any] | None:
+    """Create the output folder, refusing to overwrite a run unless resuming; return the resume state."""
+    last = out_dir / "last.pt"
+    if cfg.resume:
+        if not last.exists():
+            raise FileNotFoundError(f"--resume: {last} does not exist; start the run without --resume")
+        state = load_checkpoint(last)
+        if state["epoch"] >= cfg.epochs:
+            log.info("%s already finished %d epochs; writing the final report only", out_dir, state["epoch"])
+        return state
+    if info.is_main:
+        if last.exists():
+            raise FileExistsError(f"{out_dir} already holds a run (last.pt); pass --resume to continue it "
+                                  "or choose another --output")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(out_dir / "config.yaml")
+    ddp.barrier()
+    return None
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _write_json(obj: dict[str, Any], path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    tmp.replace(path)
+
+
+def clear_run(path: str | Path) -> None:
+    """Remove an earlier run's folder (used by `mlkd demo`, which always starts afresh)."""
+    shutil.rmtree(path, ignore_errors=True)
