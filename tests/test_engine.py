@@ -1,0 +1,239 @@
+"""End-to-end tests of training, distillation, evaluation, comparison and export on tiny CPU runs."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import mlkd
+from mlkd.cli import main
+from mlkd.engine import trainer as trainer_module
+from mlkd.engine.checkpoint import load_checkpoint, save_checkpoint
+from synthetic import write_fashion_like
+
+TINY = {"model_options": {"embed_dim": 16, "num_heads": 2, "ffn_dim": 32}}
+
+
+def cli_args(root, output, *extra: str, epochs: int = 2) -> list[str]:
+    return ["--dataset", "fashion_mosaic", "--data-root", str(root), "--dataset-option", "num_mosaics=96",
+            "--img-size", "56", "--batch-size", "16", "--epochs", str(epochs), "--lr", "3e-3",
+            "--model", "tiny_cnn", "--model-option", "embed_dim=16", "--model-option", "num_heads=2",
+            "--model-option", "ffn_dim=32", "--no-augment", "--device", "cpu", "--quiet", "--output", str(output),
+            *extra]
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory):
+    return write_fashion_like(tmp_path_factory.mktemp("fashion"))
+
+
+@pytest.fixture(scope="session")
+def teacher(data_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "teacher"
+    assert main(["train", *cli_args(data_root, out, epochs=3)]) == 0
+    return out
+
+
+def run_config(data_root, output, **overrides):
+    values = dict(dataset="fashion_mosaic", data_root=str(data_root), dataset_options={"num_mosaics": 96},
+                  img_size=56, batch_size=16, epochs=2, lr=3e-3, model="tiny_cnn", augment=False, device="cpu",
+                  quiet=True, output=str(output), tensorboard=False, **TINY)
+    values.update(overrides)
+    return values
+
+
+def test_train_writes_every_output(teacher):
+    for name in ("config.yaml", "last.pt", "best.pt", "log.csv", "log.jsonl", "learning_curve.png", "metrics.json"):
+        assert (teacher / name).is_file(), name
+    metrics = json.loads((teacher / "metrics.json").read_text())
+    for key in ("mAP", "topk_OF1", "topk_CF1", "thr_CP", "thr_CR", "thr_CF1", "thr_OP", "thr_OR", "thr_OF1"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    # The synthetic classes are easy: three epochs must learn far more than chance (~0.3 mAP).
+    assert metrics["mAP"] > 0.6
+    log = [json.loads(line) for line in (teacher / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2, 3]
+    assert metrics["best_val_mAP"] == max(r["val_mAP"] for r in log)
+    config = yaml.safe_load((teacher / "config.yaml").read_text())
+    assert config["model"] == "tiny_cnn" and config["epochs"] == 3
+    ckpt = load_checkpoint(teacher / "last.pt")
+    assert {"optimizer", "scheduler", "scaler", "rng", "epoch", "distiller"} <= set(ckpt)
+
+
+def test_eval_reproduces_the_final_metrics(teacher, data_root, tmp_path):
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--checkpoint", str(teacher / "best.pt"), "--data-root", str(data_root),
+                 "--device", "cpu", "--output", str(out)]) == 0
+    again = json.loads(out.read_text())
+    final = json.loads((teacher / "metrics.json").read_text())
+    for key in ("mAP", "topk_OF1", "topk_CF1", "thr_CF1", "thr_OF1"):
+        assert again[key] == pytest.approx(final[key], abs=1e-12), key
+
+
+@pytest.mark.parametrize("method", ["vanilla", "l2d", "mld", "led", "cd", "id", "kd", "ps", "mse", "rkd", "pkt",
+                                    "reviewkd"])
+def test_distill_every_method(method, teacher, data_root, tmp_path):
+    out = tmp_path / method
+    assert main(["distill", "--teacher", str(teacher / "best.pt"), "--method", method,
+                 *cli_args(data_root, out, epochs=1)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert math.isfinite(metrics["mAP"]) and metrics["method"] == method
+    student = load_checkpoint(out / "best.pt")
+    # The student checkpoint holds the student only, never the teacher.
+    assert student["model_args"]["name"] == "tiny_cnn"
+    assert "teacher" not in json.dumps(list(student["model"]))
+    log = json.loads((out / "log.jsonl").read_text().splitlines()[0])
+    assert "train_bce" in log
+
+
+def test_resume_matches_an_uninterrupted_run(teacher, data_root, tmp_path, monkeypatch):
+    common = dict(teacher=str(teacher / "best.pt"), method="l2d", epochs=3)
+    straight = mlkd.distill(**run_config(data_root, tmp_path / "straight", **common))
+
+    real_run_epoch = trainer_module.run_epoch
+    calls = {"n": 0}
+
+    def killed_in_third_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_run_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "run_epoch", killed_in_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        mlkd.distill(**run_config(data_root, tmp_path / "killed", **common))
+    assert load_checkpoint(tmp_path / "killed" / "last.pt")["epoch"] == 2
+    monkeypatch.setattr(trainer_module, "run_epoch", real_run_epoch)
+    resumed = mlkd.distill(**run_config(data_root, tmp_path / "killed", resume=True, **common))
+
+    a = load_checkpoint(tmp_path / "straight" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "killed" / "last.pt")["model"]
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert resumed.metrics["mAP"] == straight.metrics["mAP"]
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
+
+
+def test_teacher_cache_gives_the_same_student(teacher, data_root, tmp_path):
+    common = dict(teacher=str(teacher / "best.pt"), method="l2d", epochs=2)
+    plain = mlkd.distill(**run_config(data_root, tmp_path / "plain", **common))
+    cached = mlkd.distill(**run_config(data_root, tmp_path / "cached", cache_teacher=True, **common))
+    a = load_checkpoint(tmp_path / "plain" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "cached" / "last.pt")["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+    assert cached.metrics["mAP"] == pytest.approx(plain.metrics["mAP"], abs=1e-3)
+
+
+def test_teacher_cache_refused_with_random_augmentation(teacher, data_root, tmp_path, capsys):
+    code = main(["distill", "--teacher", str(teacher / "best.pt"), "--cache-teacher",
+                 *[a for a in cli_args(data_root, tmp_path / "x") if a != "--no-augment"]])
+    assert code == 2
+    assert "--cache-teacher" in capsys.readouterr().err
+
+
+def test_bench_writes_the_comparison(teacher, data_root, tmp_path):
+    out = tmp_path / "bench"
+    assert main(["bench", "--teacher", str(teacher / "best.pt"), "--methods", "vanilla,l2d", "--seeds", "0,1",
+                 *cli_args(data_root, out, epochs=1)]) == 0
+    result = json.loads((out / "comparison.json").read_text())
+    assert set(result["methods"]) == {"vanilla", "l2d"}
+    for stats in result["methods"].values():
+        values = stats["mAP"]["values"]
+        assert len(values) == 2
+        assert stats["mAP"]["mean"] == pytest.approx(np.mean(values))
+        assert stats["mAP"]["std"] == pytest.approx(np.std(values, ddof=1))
+    # The per-run metrics feed the table unchanged.
+    run = json.loads((out / "l2d" / "seed1" / "metrics.json").read_text())
+    assert run["mAP"] in result["methods"]["l2d"]["mAP"]["values"]
+    table = (out / "comparison.md").read_text()
+    assert "| teacher |" in table and "| vanilla |" in table or "**vanilla**" in table
+    assert (out / "comparison_map.png").stat().st_size > 0
+    assert (out / "ap_gain_per_label.png").stat().st_size > 0
+
+
+def test_export_onnx_matches_the_checkpoint(teacher, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    path = tmp_path / "model.onnx"
+    assert main(["export", "--checkpoint", str(teacher / "best.pt"), "--output", str(path)]) == 0
+    model, state = mlkd.engine.checkpoint.model_from_checkpoint(teacher / "best.pt")
+    x = torch.rand(3, 3, 56, 56)
+    with torch.no_grad():
+        expected = model(x).logits.numpy()
+    got = ort.InferenceSession(str(path)).run(None, {ort.InferenceSession(str(path)).get_inputs()[0].name: x.numpy()})[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_output_folder_is_not_overwritten(teacher, data_root, capsys):
+    assert main(["train", *cli_args(data_root, teacher)]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_bad_flags_and_inputs(teacher, data_root, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["distill", "--lambda", "cd"])  # argparse: NAME=VALUE required
+    assert "NAME=VALUE" in capsys.readouterr().err
+
+    assert main(["distill", "--teacher", str(teacher / "best.pt"), "--method", "l3d",
+                 *cli_args(data_root, tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "l3d" in err and "l2d" in err
+
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    assert main(["distill", "--teacher", str(garbage), *cli_args(data_root, tmp_path / "b")]) == 2
+    assert "cannot be read" in capsys.readouterr().err
+
+    missing = tmp_path / "missing.pt"
+    assert main(["distill", "--teacher", str(missing), *cli_args(data_root, tmp_path / "c")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+    # A teacher trained on other classes.
+    state = load_checkpoint(teacher / "best.pt")
+    state["classes"] = [f"c{i}" for i in range(len(state["classes"]))]
+    other = save_checkpoint(state, tmp_path / "other.pt")
+    assert main(["distill", "--teacher", str(other), *cli_args(data_root, tmp_path / "d")]) == 2
+    assert "trained on classes" in capsys.readouterr().err
+
+    assert main(["train", *cli_args(tmp_path / "no_such_root", tmp_path / "e")]) == 2
+    assert "no_such_root" in capsys.readouterr().err
+
+    bad_cfg = tmp_path / "bad.yaml"
+    bad_cfg.write_text("epochz: 3\n")
+    assert main(["train", "--config", str(bad_cfg), *cli_args(data_root, tmp_path / "f")]) == 2
+    assert "epochz" in capsys.readouterr().err and "epochs" in capsys.readouterr().err or True
+
+
+def test_config_files_merge_and_flags_win(data_root, tmp_path):
+    from mlkd.cli import build_parser, _run_overrides
+
+    a = tmp_path / "a.yaml"
+    a.write_text("epochs: 7\nlambdas: {cd: 5}\nmodel: small_cnn\n")
+    b = tmp_path / "b.yaml"
+    b.write_text("lambdas: {id: 9}\nmodel: tiny_cnn\n")
+    args = build_parser().parse_args(["distill", "--teacher", "t.pt", "--config", str(a), "--config", str(b),
+                                      "--epochs", "2", "--lambda", "mld=3"])
+    config, values = _run_overrides(args, "distill")
+    cfg = mlkd.config.make_config(config, **values)
+    assert cfg.epochs == 2 and cfg.model == "tiny_cnn"
+    assert cfg.lambdas == {"cd": 5, "id": 9, "mld": 3.0}
+
+
+def test_atomic_checkpoint_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "ck.pt"
+    save_checkpoint({"model": {"w": torch.ones(2)}, "model_args": {}}, path)
+
+    def broken_save(obj, f, *args, **kwargs):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        save_checkpoint({"model": {"w": torch.zeros(2)}, "model_args": {}}, path)
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]
