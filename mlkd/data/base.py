@@ -177,8 +177,9 @@ class ImageListDataset(Dataset):
                 return img.convert("RGB")
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             raise DataFormatError(
-                f"{self._describe(path, index)}: cannot decode image ({type(exc).__name__}: {exc}). Replace the file, or pass "
-                "skip_unreadable=True to check every image once at construction and leave broken ones out."
+                f"{self._describe(path, index)}: cannot decode image ({type(exc).__name__}: {exc}). Replace the "
+                "file, or pass skip_unreadable=True to check every image once at construction and leave broken "
+                "ones out."
             ) from exc
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:

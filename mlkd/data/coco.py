@@ -32,13 +32,16 @@ from mlkd.data.registry import register_dataset
 _LAYOUT = "train2014/, val2014/ and annotations/instances_{train,val}2014.json (official MS-COCO 2014 layout)"
 
 
-def _field(entry: object, key: str, kind: type, file: Path, where: str):
-    """``entry[key]`` checked to be of type ``kind``; a clear error naming the file otherwise."""
+def _field(entry: object, key: str, kind: type, file: Path, where: str | None):
+    """``entry[key]`` checked to be of type ``kind``; ``where`` locates ``entry`` (``None``: top level)."""
     if not isinstance(entry, dict) or key not in entry:
-        raise DataFormatError(f"{file}: {where} has no {key!r} key. Use the official COCO instances file.")
+        raise DataFormatError(
+            f"{file}: {where or 'the top level'} has no {key!r} key. Use the official COCO instances file."
+        )
     value = entry[key]
     if not isinstance(value, kind) or isinstance(value, bool):
-        raise DataFormatError(f"{file}: {where}[{key!r}] must be {kind.__name__}, got {value!r}.")
+        location = f"{where}[{key!r}]" if where else repr(key)
+        raise DataFormatError(f"{file}: {location} must be {kind.__name__}, got {value!r}.")
     return value
 
 
@@ -64,7 +67,7 @@ def read_coco_instances(path: Path) -> tuple[list[str], list[str], np.ndarray]:
             f"{path}:{exc.lineno}: invalid JSON at column {exc.colno} ({exc.msg}). "
             "The file is damaged or truncated; download the official annotations again."
         ) from exc
-    sections = {k: _field(data, k, list, path, "the top level") for k in ("categories", "images", "annotations")}
+    sections = {k: _field(data, k, list, path, None) for k in ("categories", "images", "annotations")}
 
     cat_ids = {}
     for n, cat in enumerate(sections["categories"]):

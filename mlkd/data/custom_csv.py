@@ -136,6 +136,11 @@ class CsvDataset(ImageListDataset):
                         )
         else:
             classes = sorted({n for rows in parsed.values() for _, _, names in rows for n in names})
+            if not classes:
+                files = ", ".join(str(root_dir / f"{s}.csv") for s in parsed)
+                raise DataFormatError(
+                    f"{files}: no label is used anywhere. Label the images, or list the classes in classes.txt."
+                )
         column = {name: k for k, name in enumerate(classes)}
         rows = parsed[split]
         targets = np.zeros((len(rows), len(classes)), dtype=np.uint8)

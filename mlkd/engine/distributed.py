@@ -100,3 +100,30 @@ def broadcast_object(obj, src: int = 0):
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def all_gather_with_grad(x: Tensor) -> Tensor:
+    """Concatenate along dim 0 every rank's ``x`` (same shape on all ranks), rank 0 first.
+
+    The result carries gradient to this rank's own rows only; the other ranks' rows are constants
+    here, and their gradients are produced on their own ranks. With every rank computing the same
+    global loss, DDP's gradient averaging then recovers the gradient of the global loss
+    (`TrainStep` scales summed terms by the world size for this).
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.detach().contiguous())
+    parts[dist.get_rank()] = x
+    return torch.cat(parts)
+
+
+def gather_structure_inputs(student_emb: Tensor, teacher_emb: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Label-wise embeddings and targets of the global batch, for CD/ID over all ranks' images.
+
+    Cost: one all-gather of ``[N, q, d_s + d_t]`` floats per step and per rank, and CD/ID computed
+    on ``world_size`` times more images (each rank computes the same global value).
+    """
+    # gloo cannot all-gather bool tensors: move label masks as bytes.
+    labels = all_gather_with_grad(targets.to(torch.uint8)).to(targets.dtype)
+    return all_gather_with_grad(student_emb), all_gather_with_grad(teacher_emb.detach()), labels

@@ -98,6 +98,14 @@ def _fit(cfg: RunConfig, info: ddp.DistInfo, device: torch.device) -> RunResult:
 
     # Models.
     distiller = create_distiller(cfg.method, **{f"lambda_{k}": v for k, v in cfg.lambdas.items()}, **cfg.method_options)
+    if cfg.gather_embeddings:
+        if not getattr(distiller, "uses_embeddings", False):
+            raise ValueError(f"--gather-embeddings applies to the label-wise embedding losses (l2d, led, cd, id), "
+                             f"not to {cfg.method!r}; drop the flag")
+        if info.enabled:
+            distiller.embedding_gather = ddp.gather_structure_inputs
+        else:
+            log.info("--gather-embeddings has no effect in a single process")
     teacher, teacher_norm = None, InputNorm()
     if getattr(distiller, "requires_teacher", True):
         teacher, teacher_norm = load_teacher(cfg.teacher, classes, device)
@@ -168,8 +176,9 @@ def _fit(cfg: RunConfig, info: ddp.DistInfo, device: torch.device) -> RunResult:
         if hasattr(train_loader.sampler, "set_epoch"):
             train_loader.sampler.set_epoch(epoch)
         if train_loader.generator is not None:
-            # Shuffling depends on (seed, epoch) only, so a resumed run sees the same batches.
-            train_loader.generator.manual_seed(cfg.seed * 100_003 + epoch)
+            # Shuffling and worker seeds depend on (seed, epoch, rank) only, so a resumed run sees
+            # the same batches and augmentations as an uninterrupted one.
+            train_loader.generator.manual_seed((cfg.seed * 100_003 + epoch) * 1_009 + info.rank)
         t0 = time.perf_counter()
         sums = run_epoch(train_step, train_loader, optimizer, scheduler, scaler, teacher, teacher_norm,
                          student_norm, cache, device, amp_dtype, cfg.grad_clip, f"epoch {epoch + 1}/{cfg.epochs}", show)
@@ -350,23 +359,35 @@ def _amp_dtype(cfg: RunConfig, device: torch.device) -> torch.dtype | None:
 
 
 def _prepare_output(cfg: RunConfig, out_dir: Path, info: ddp.DistInfo) -> dict[str, Any] | None:
-    """Create the output folder, refusing to overwrite a run unless resuming; return the resume state."""
+    """Create the output folder, refusing to overwrite a run unless resuming; return the resume state.
+
+    Rank 0 decides and reads the files; other ranks receive its answer, so a multi-node run needs the
+    output folder on rank 0's machine only.
+    """
+    answer: tuple[str | None, dict[str, Any] | None] = (None, None)
+    if info.is_main:
+        answer = _check_output(cfg, out_dir)
+    error, state = ddp.broadcast_object(answer)
+    if error:
+        raise (FileNotFoundError if cfg.resume else FileExistsError)(error)
+    return state
+
+
+def _check_output(cfg: RunConfig, out_dir: Path) -> tuple[str | None, dict[str, Any] | None]:
     last = out_dir / "last.pt"
     if cfg.resume:
         if not last.exists():
-            raise FileNotFoundError(f"--resume: {last} does not exist; start the run without --resume")
+            return f"--resume: {last} does not exist; start the run without --resume", None
         state = load_checkpoint(last)
         if state["epoch"] >= cfg.epochs:
             log.info("%s already finished %d epochs; writing the final report only", out_dir, state["epoch"])
-        return state
-    if info.is_main:
-        if last.exists():
-            raise FileExistsError(f"{out_dir} already holds a run (last.pt); pass --resume to continue it "
-                                  "or choose another --output")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(out_dir / "config.yaml")
-    ddp.barrier()
-    return None
+        return None, state
+    if last.exists():
+        return (f"{out_dir} already holds a run (last.pt); pass --resume to continue it "
+                "or choose another --output"), None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg.save(out_dir / "config.yaml")
+    return None, None
 
 
 def _seed_everything(seed: int) -> None:

@@ -1,6 +1,8 @@
 """The interface every registered distiller implements."""
 from __future__ import annotations
 
+from typing import Callable
+
 from torch import Tensor, nn
 
 from mlkd.outputs import LossOutput, ModelOutput
@@ -18,6 +20,9 @@ class Distiller(nn.Module):
         requires_teacher: False only for ``vanilla`` (the teacher is then not run at all).
         uses_features: True when the distiller reads ``ModelOutput.features``.
         uses_embeddings: True when it reads ``ModelOutput.label_embeddings``.
+        batch_mean_terms: names of the terms that are averaged over the batch (e.g. ``"mld"``);
+            every other term, ``"bce"`` included, is a sum over samples or groups. Data-parallel
+            training needs this to combine per-device values exactly (sum the sums, average the means).
 
     Distillers with trainable parts whose sizes depend on the models (projections, fusion modules)
     create them in `build`, which the engine calls once with sample outputs of both models before
@@ -27,6 +32,11 @@ class Distiller(nn.Module):
     requires_teacher: bool = True
     uses_features: bool = False
     uses_embeddings: bool = False
+    batch_mean_terms: frozenset[str] = frozenset()
+    # Set by the engine under torchrun with --gather-embeddings: maps the local
+    # (student_emb [N, q, d_s], teacher_emb [N, q, d_t], targets [N, q]) to the global batch's, so that
+    # the label-wise embedding losses (CD, ID) see groups across all processes.
+    embedding_gather: Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]] | None = None
 
     def build(self, student: ModelOutput, teacher: ModelOutput) -> None:
         """Create size-dependent trainable parts from sample outputs; the default needs none."""

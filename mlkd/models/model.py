@@ -31,6 +31,7 @@ class MultiLabelModel(nn.Module):
         feature_channels: channels of each map in ``forward(x).features``, shallow to deep.
         model_args: see Args; JSON/YAML-serialisable when the extra timm kwargs are.
         data_config: see Args.
+        weights_report: the `LoadReport` of the ``weights`` given to `create_model`, else None.
     """
 
     def __init__(
@@ -53,6 +54,7 @@ class MultiLabelModel(nn.Module):
         self.embed_dim = head.embed_dim
         self.model_args = model_args
         self.data_config = data_config
+        self.weights_report = None
         stage_channels = [int(info["num_chs"]) for info in backbone.feature_info]
         final_channels = int(backbone.num_features)
         # The final map (what the head reads) ends the feature list when it is a spatial map: it replaces

@@ -5,7 +5,8 @@ They expose the same three members mlkd uses from a timm model: ``forward_featur
 `MultiLabelModel` treats built-ins and timm backbones the same way.
 
 Every stage halves the resolution with a stride-2 3×3 convolution, so the final map is 1/16 of the
-input: 4×4 for 56–64 px images, 14×14 at 224 px. Any input of at least 16×16 pixels works.
+input (rounded up): 4×4 for 56–64 px images, 14×14 at 224 px. Any input size works; from 32×32 up
+every stage map is at least 2×2.
 """
 from __future__ import annotations
 

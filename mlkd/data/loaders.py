@@ -1,0 +1,105 @@
+"""DataLoaders with the defaults mlkd trains and evaluates with.
+
+Reproducibility: the shuffling order comes from a `torch.Generator` seeded with ``seed`` (or from the
+`DistributedSampler`'s seed), and each worker process seeds Python's and NumPy's generators from the
+torch seed PyTorch gives it, which itself derives from that generator; so a fixed seed gives the same
+batches, augmentations included, for any ``workers`` > 0. With ``workers=0`` the transforms run in the
+main process and draw from its global torch generator: seed it (``torch.manual_seed``) for the same
+guarantee.
+"""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+
+def seed_worker(worker_id: int) -> None:
+    """``worker_init_fn``: seed Python's and NumPy's generators from the worker's torch seed."""
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def build_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    train: bool,
+    workers: int = 0,
+    seed: int = 0,
+    distributed: bool | None = None,
+    pin_memory: bool | None = None,
+    drop_last: bool | None = None,
+) -> DataLoader:
+    """Build a DataLoader over ``dataset``.
+
+    Training loaders shuffle and drop the last incomplete batch; evaluation loaders keep the order and
+    every sample. Under ``torchrun`` (an initialised ``torch.distributed`` process group) each process
+    gets a `DistributedSampler` over its share of the data (shuffled for training, with ``seed``); the
+    caller must then call ``loader.sampler.set_epoch(epoch)`` at the start of every epoch, or every
+    epoch repeats the same order. A DistributedSampler pads the data with repeated samples so that all
+    processes get the same count: gather evaluation results and drop the padding, or evaluate on one
+    process.
+
+    Args:
+        dataset: a map-style data set yielding ``(image, target)``.
+        batch_size: samples per batch (per process when distributed), >= 1.
+        train: training mode (shuffle, drop_last) or evaluation mode (ordered, keep all).
+        workers: loader worker processes (0 loads in the main process). Workers restart each epoch and
+            take their seeds from ``generator``, so reseeding it per epoch makes every epoch reproducible
+            on its own (what an exact ``--resume`` needs).
+        seed: seeds the shuffling and the workers' generators; under distributed training the workers of
+            rank ``r`` use ``seed + r`` so that ranks do not draw the same augmentations.
+        distributed: use a DistributedSampler; ``None`` = when a process group is initialised.
+        pin_memory: pin batches in page-locked memory; ``None`` = when CUDA is available.
+        drop_last: drop the last incomplete batch; ``None`` = ``train``.
+
+    Returns:
+        The DataLoader; its batches are ``(images [B, 3, H, W], targets [B, q])``.
+
+    Raises:
+        ValueError: ``batch_size`` < 1, ``workers`` < 0, an empty data set, ``distributed=True`` without
+            an initialised process group, or ``drop_last`` with fewer samples than one batch.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"workers must be an integer >= 0, got {workers!r}")
+    if len(dataset) == 0:
+        raise ValueError(f"the data set {dataset!r} is empty; check the data root and split")
+    initialised = dist.is_available() and dist.is_initialized()
+    if distributed is None:
+        distributed = initialised
+    if distributed and not initialised:
+        raise ValueError(
+            "distributed=True needs an initialised torch.distributed process group; launch with torchrun "
+            "and call torch.distributed.init_process_group first"
+        )
+    drop_last = train if drop_last is None else drop_last
+    pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+    rank = dist.get_rank() if distributed else 0
+    sampler = DistributedSampler(dataset, shuffle=train, seed=seed) if distributed else None
+    per_process = len(sampler) if sampler is not None else len(dataset)
+    if drop_last and per_process < batch_size:
+        raise ValueError(
+            f"drop_last=True with {per_process} samples per process and batch_size={batch_size} leaves no "
+            "batch at all; lower the batch size or pass drop_last=False"
+        )
+    generator = torch.Generator()
+    generator.manual_seed(seed + rank)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train and sampler is None,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        drop_last=drop_last,
+        worker_init_fn=seed_worker,
+        generator=generator,
+        persistent_workers=False,
+    )

@@ -1,0 +1,445 @@
+"""The registered distillers: each one is the whole training objective of a batch.
+
+``total = bce_weight · BCE_sum(student.logits, targets) + Σ weighted distillation terms``; BCE is
+**summed** over batch and labels (method.md §3.5), about N·q times a mean. The paper's weights (``l2d``
+and its parts) assume exactly the reductions documented in `logits` and `label_embedding`.
+
+Default weights of the baselines: their papers tuned them against a cross-entropy that is a mean over
+the batch; our BCE sum is about N times such a mean (a per-image BCE summed over labels is of the same
+order as a per-image softmax CE). Terms that are means over the batch (MSE, RKD, PKT) therefore get
+their paper's weight times 64 (the reference batch size), which keeps the paper's balance at batch 64.
+KD and PS reduce like MLD (sum over labels, mean over images) and use MLD's weight, 10, so the three
+logit methods are directly comparable.
+"""
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from mlkd.losses._checks import check_finite, check_leading, check_targets, check_tensor, full_precision
+from mlkd.losses.base import Distiller
+from mlkd.losses.features import mse_loss, pkt_loss, rkd_angle_loss, rkd_distance_loss
+from mlkd.losses.label_embedding import _label_embedding_terms
+from mlkd.losses.logits import bce_sum_loss, kd_loss, mld_loss, ps_loss
+from mlkd.losses.registry import register_distiller
+from mlkd.outputs import LossOutput, ModelOutput
+
+
+class _Objective(Distiller):
+    """BCE plus the terms of `distill_terms`; validates the outputs once per call.
+
+    Args:
+        bce_weight: weight of the summed BCE task loss.
+        validate: run the data-dependent checks (labels in {0, 1}, finite values; GPU syncs).
+    """
+
+    name = "vanilla"
+
+    def __init__(self, *, bce_weight: float = 1.0, validate: bool = True) -> None:
+        super().__init__()
+        self.bce_weight = float(bce_weight)
+        self.validate = bool(validate)
+
+    def forward(self, student: ModelOutput, teacher: ModelOutput | None, targets: Tensor) -> LossOutput:
+        """Compute the objective.
+
+        Args:
+            student: the student's outputs; ``logits`` ``[N, q]`` always, plus what the method reads.
+            teacher: the teacher's outputs (may be ``None`` only when ``requires_teacher`` is False).
+            targets: ``[N, q]`` multi-hot labels in {0, 1}.
+
+        Returns:
+            `LossOutput` with ``terms["bce"]`` first and one entry per weighted term.
+
+        Raises:
+            ValueError: a missing teacher or output field, mismatched shapes, labels outside {0, 1},
+                NaN/inf values.
+        """
+        logits = check_tensor(student.logits, "student.logits", 2, "[N, q]")
+        mask = check_targets(targets, logits.shape[0], logits.shape[1], "student.logits", self.validate)
+        if self.validate:
+            check_finite(logits, "student.logits")
+        if self.requires_teacher and teacher is None:
+            raise ValueError(f"teacher is None, but the {self.name!r} distiller needs the teacher's ModelOutput; "
+                             f"pass the frozen teacher's outputs (or use 'vanilla' to train without one)")
+        with full_precision(logits.device):
+            terms = {"bce": self.bce_weight * bce_sum_loss(logits, mask, validate=False)}
+            terms.update(self.distill_terms(student, teacher, mask))
+        total = terms["bce"]
+        for name, value in terms.items():
+            if name != "bce":
+                total = total + value
+        return LossOutput(total=total, terms=terms)
+
+    def distill_terms(self, student: ModelOutput, teacher: ModelOutput | None, mask: Tensor) -> dict[str, Tensor]:
+        """The weighted distillation terms by name; none for the task loss alone."""
+        return {}
+
+    # Helpers that fetch and check one field of both outputs, naming it as the caller sees it.
+    def _logits(self, student: ModelOutput, teacher: ModelOutput) -> tuple[Tensor, Tensor]:
+        t = check_tensor(teacher.logits, "teacher.logits", 2, "[N, q]")
+        check_leading(t, "teacher.logits", tuple(student.logits.shape), "student.logits", "[N, q]")
+        if self.validate:
+            check_finite(t, "teacher.logits")
+        return student.logits, t
+
+    def _embeddings(self, student: ModelOutput, teacher: ModelOutput) -> tuple[Tensor, Tensor]:
+        n, q = student.logits.shape
+        out = []
+        for who, o in (("student", student), ("teacher", teacher)):
+            field = f"{who}.label_embeddings"
+            if o.label_embeddings is None:
+                raise ValueError(f"{field} is None, but the {self.name!r} distiller needs label-wise embeddings "
+                                 f"[N, q, d]; use a model with a label-wise head")
+            e = check_tensor(o.label_embeddings, field, 3, "[N, q, d]")
+            check_leading(e, field, (n, q), "student.logits", "[N, q, d]")
+            if self.validate:
+                check_finite(e, field)
+            out.append(e)
+        return out[0], out[1]
+
+    def _deepest(self, output: ModelOutput, who: str, n: int) -> Tensor:
+        field = f"{who}.features"
+        if not output.features:
+            raise ValueError(f"{field} is empty, but the {self.name!r} distiller needs feature maps "
+                             f"[N, C, H, W]; use a model that returns its stage features")
+        f = output.features[-1]
+        if not isinstance(f, Tensor) or f.dim() not in (2, 4):
+            shape = tuple(f.shape) if isinstance(f, Tensor) else type(f).__name__
+            raise ValueError(f"{field}[-1] must be a [N, C, H, W] map or [N, C] vector, got {shape}")
+        check_leading(f, f"{field}[-1]", (n,), "student.logits", "[N, C, H, W]")
+        if self.validate:
+            check_finite(f, f"{field}[-1]")
+        return f
+
+    def _structure_terms(self, es: Tensor, et: Tensor, mask: Tensor,
+                         terms: tuple[str, ...] = ("cd", "id")) -> dict[str, Tensor]:
+        """Unweighted CD/ID over the batch, or over the global batch when ``embedding_gather`` is set."""
+        if self.embedding_gather is not None:
+            es, et, mask = self.embedding_gather(es, et, mask)
+        return _label_embedding_terms(es, et, mask, terms)
+
+    def _pooled(self, student: ModelOutput, teacher: ModelOutput) -> tuple[Tensor, Tensor]:
+        """Deepest maps of both models, global-average-pooled to ``[N, C]``."""
+        n = student.logits.shape[0]
+        fs, ft = self._deepest(student, "student", n), self._deepest(teacher, "teacher", n)
+        return (fs.mean(dim=(2, 3)) if fs.dim() == 4 else fs), (ft.mean(dim=(2, 3)) if ft.dim() == 4 else ft)
+
+
+@register_distiller("vanilla")
+class VanillaDistiller(_Objective):
+    """The student alone: ``bce_weight · BCE_sum``; the teacher is not needed (nor run)."""
+
+    name = "vanilla"
+    requires_teacher = False
+
+
+@register_distiller("l2d")
+class L2DLoss(_Objective):
+    """The full L2D objective (method.md §3.5) with the reference weights.
+
+    ``L = bce_weight·BCE_sum + λ_MLD·L_MLD + λ_LED·(λ_CD·L_CD + λ_ID·L_ID)``; terms ``bce``, ``mld``,
+    ``cd`` (= λ_LED·λ_CD·L_CD) and ``id`` (= λ_LED·λ_ID·L_ID). MLD is a mean over images
+    (``batch_mean_terms``); CD and ID are sums over labels and images.
+
+    Args:
+        lambda_mld: weight of MLD (reference 10).
+        lambda_led: weight of the LED pair (reference 1).
+        lambda_cd: weight of CD inside LED (reference 100).
+        lambda_id: weight of ID inside LED (reference 1000).
+        temperature: MLD temperature (1 = reference).
+        bce_weight: weight of the summed BCE.
+        validate: data-dependent input checks.
+    """
+
+    name = "l2d"
+    uses_embeddings = True
+    batch_mean_terms = frozenset({"mld"})
+
+    def __init__(self, lambda_mld: float = 10.0, lambda_led: float = 1.0, lambda_cd: float = 100.0,
+                 lambda_id: float = 1000.0, *, temperature: float = 1.0, bce_weight: float = 1.0,
+                 validate: bool = True) -> None:
+        super().__init__(bce_weight=bce_weight, validate=validate)
+        self.lambda_mld, self.lambda_led = float(lambda_mld), float(lambda_led)
+        self.lambda_cd, self.lambda_id = float(lambda_cd), float(lambda_id)
+        self.temperature = float(temperature)
+
+    def distill_terms(self, student: ModelOutput, teacher: ModelOutput | None, mask: Tensor) -> dict[str, Tensor]:
+        zs, zt = self._logits(student, teacher)
+        es, et = self._embeddings(student, teacher)
+        led = self._structure_terms(es, et, mask)
+        return {
+            "mld": self.lambda_mld * mld_loss(zs, zt, self.temperature, validate=False),
+            "cd": self.lambda_led * self.lambda_cd * led["cd"],
+            "id": self.lambda_led * self.lambda_id * led["id"],
+        }
+
+
+@register_distiller("mld")
+class MLDDistiller(_Objective):
+    """``bce_weight·BCE_sum + λ_MLD·L_MLD`` (the logits half of L2D); MLD is a mean over images.
+
+    Args:
+        lambda_mld: weight of MLD (reference 10).
+        temperature: MLD temperature (1 = reference).
+        bce_weight: weight of the summed BCE.
+        validate: data-dependent input checks.
+    """
+
+    name = "mld"
+    batch_mean_terms = frozenset({"mld"})
+
+    def __init__(self, *, lambda_mld: float = 10.0, temperature: float = 1.0, bce_weight: float = 1.0,
+                 validate: bool = True) -> None:
+        super().__init__(bce_weight=bce_weight, validate=validate)
+        self.lambda_mld, self.temperature = float(lambda_mld), float(temperature)
+
+    def distill_terms(self, student: ModelOutput, teacher: ModelOutput | None, mask: Tensor) -> dict[str, Tensor]:
+        zs, zt = self._logits(student, teacher)
+        return {"mld": self.lambda_mld * mld_loss(zs, zt, self.temperature, validate=False)}
+
+
+@register_distiller("led")
+class LEDDistiller(_Objective):
+    """``bce_weight·BCE_sum + λ_LED·(λ_CD·L_CD + λ_ID·L_ID)`` (the embedding half of L2D).
+
+    Terms ``cd`` and ``id`` are each already multiplied by λ_LED; both are sums over groups.
+
+    Args:
+        lambda_led: weight of the pair (reference 1).
+        lambda_cd: weight of CD (reference 100).
+        lambda_id: weight of ID (reference 1000).
+        bce_weight: weight of the summed BCE.
+        validate: data-dependent input checks.
+    """
+
+    name = "led"
+    uses_embeddings = True
+
+    def __init__(self, *, lambda_led: float = 1.0, lambda_cd: float = 100.0, lambda_id: float = 1000.0,
+                 bce_weight: float = 1.0, validate: bool = True) -> None:
+        super().__init__(bce_weight=bce_weight, validate=validate)
+        self.lambda_led, self.lambda_cd, self.lambda_id = float(lambda_led), float(lambda_cd), float(lambda_id)
+
+    def distill_terms(self, student: ModelOutput, teacher: ModelOutput | None, mask: Tensor) -> dict[str, Tensor]:
+        es, et = self._embeddings(student, teacher)
+        led = self._structure_terms(es, et, mask)
+        return {"cd": self.lambda_led * self.lambda_cd * led["cd"], "id": self.lambda_led * self.lambda_id * led["id"]}
+
+
+@register_distiller("cd")
+class CDDistiller(_Objective):
+    """``bce_weight·BCE_sum + λ_CD·L_CD`` (class-aware structure only; a sum over labels).
+
+    Args:
+        lambda_cd: weight of CD (reference 100).
+        bce_weight: weight of the summed BCE.
+        validate: data-dependent input checks.
+    """
+
+    name = "cd"
+    uses_embeddings = True
+
+    def __init__(self, *, lambda_cd: float = 100.0, bce_weight: float = 1.0, validate: bool = True) -> None:
+        super().__init__(bce_weight=bce_weight, validate=validate)
+        self.lambda_cd = float(lambda_cd)
+
+    def distill_terms(self, student: ModelOutput, teacher: ModelOutput | None, mask: Tensor) -> dict[str, Tensor]:
+        es, et = self._embeddings(student, teacher)
+        return {"cd": self.lambda_cd * self._structure_terms(es, et, mask, ("cd",))["cd"]}
+
+
+@register_distiller("id")
+class IDDistiller(_Objective):
+    """``bce_weight·BCE_sum + λ_ID·L_ID`` (instance-aware structure only; a sum over images).
+
+    Args:
+        lambda_id: weight of ID (reference 1000).
+        bce_weight: weight of the summed BCE.
+        validate: data-dependent input checks.
+    """
+
+    name = "id"
+    uses_embeddings = True
+
+    def __init__(self, *, lambda_id: float = 1000.0, bce_weight: float = 1.0, validate: bool = True) -> None:
+        super().__init__(bce_weight=bce_weight, validate=validate)
+        self.lambda_id = float(lambda_id)
+
+    def distill_terms(self, student: ModelOutput, teacher: ModelOutput | None, mask: Tensor) -> dict[str, Tensor]:
+        es, et = self._embeddings(student, teacher)
+        return {"id": self.lambda_id * self._structure_terms(es, et, mask, ("id",))["id"]}
+
+
+@register_distiller("kd")
+class KDDistiller(_Objective):
+    """``bce_weight·BCE_sum + λ_KD·L_KD``: sigmoid soft-target KD (see `kd_loss`), a mean over images.
+
+    Args:
+        lambda_kd: weight (default 10, MLD's weight: same reduction, comparable scale).
+        temperature: softening temperature τ (default 4; the loss carries τ²).
+        bce_weight: weight of the summed BCE.
+        validate: data-dependent input checks.
+    """
+
+    name = "kd"
+    batch_mean_terms = frozenset({"kd"})
+
+    def __init__(self, *, lambda_kd: float = 10.0, temperature: float = 4.0, bce_weight: float = 1.0,
+                 validate: bool = True) -> None:
+        super().__init__(bce_weight=bce_weight, validate=validate)
+        self.lambda_kd, self.temperature = float(lambda_kd), float(temperature)
+
+    def distill_terms(self, student: ModelOutput, teacher: ModelOutput | None, mask: Tensor) -> dict[str, Tensor]:
+        zs, zt = self._logits(student, teacher)
+        return {"kd": self.lambda_kd * kd_loss(zs, zt, self.temperature, validate=False)}
+
+
+@register_distiller("ps")
+class PSDistiller(_Objective):
+    """``bce_weight·BCE_sum + λ_PS·L_PS``: partial softmax (see `ps_loss`), a mean over images.
+
+    Args:
+        lambda_ps: weight (default 10, MLD's weight: same reduction).
+        temperature: softmax temperature τ (default 1; the loss carries τ²).
+        bce_weight: weight of the summed BCE.
+        validate: data-dependent input checks.
+    """
+
+    name = "ps"
+    batch_mean_terms = frozenset({"ps"})
+
+    def __init__(self, *, lambda_ps: float = 10.0, temperature: float = 1.0, bce_weight: float = 1.0,
+                 validate: bool = True) -> None:
+        super().__init__(bce_weight=bce_weight, validate=validate)
+        self.lambda_ps, self.temperature = float(lambda_ps), float(temperature)
+
+    def distill_terms(self, student: ModelOutput, teacher: ModelOutput | None, mask: Tensor) -> dict[str, Tensor]:
+        zs, zt = self._logits(student, teacher)
+        return {"ps": self.lambda_ps * ps_loss(zs, zt, mask, self.temperature, validate=False)}
+
+
+@register_distiller("mse")
+class MSEDistiller(_Objective):
+    """``bce_weight·BCE_sum + λ_MSE·MSE``: FitNet-style feature matching or logit matching.
+
+    ``target="features"`` compares the deepest feature maps. When the channel widths differ, `build`
+    creates a learned projection of the student map to the teacher's width (a bias-free 1×1 conv, or
+    a linear layer for ``[N, C]`` vectors), trained with the student. When the spatial sizes differ,
+    the teacher map is adaptive-average-pooled to the student's size. ``target="logits"`` compares
+    ``[N, q]`` logits. MSE is a mean over elements (``batch_mean_terms``).
+
+    Args:
+        target: ``"features"`` or ``"logits"``.
+        lambda_mse: weight; ``None`` picks 6400 for features (FitNet's usual 100 × 64) and 64 for
+            logits (plain logit matching, weight 1 × 64).
+        bce_weight: weight of the summed BCE.
+        validate: data-dependent input checks.
+    """
+
+    name = "mse"
+    uses_features = True  # cleared on instances built with target="logits"
+    batch_mean_terms = frozenset({"mse"})
+
+    def __init__(self, *, target: str = "features", lambda_mse: float | None = None, bce_weight: float = 1.0,
+                 validate: bool = True) -> None:
+        super().__init__(bce_weight=bce_weight, validate=validate)
+        if target not in ("features", "logits"):
+            raise ValueError(f"target must be 'features' or 'logits', got {target!r}")
+        self.target = target
+        self.uses_features = target == "features"
+        self.lambda_mse = float(lambda_mse if lambda_mse is not None else (6400.0 if target == "features" else 64.0))
+        self.projection: nn.Module | None = None
+
+    def build(self, student: ModelOutput, teacher: ModelOutput) -> None:
+        """Create the projection when the deepest student and teacher maps differ in width.
+
+        Args:
+            student: sample student outputs (``features[-1]`` ``[N, C_s, H, W]`` or ``[N, C_s]``).
+            teacher: sample teacher outputs (``features[-1]`` ``[N, C_t, ...]``).
+        """
+        if self.target != "features":
+            return
+        n = student.logits.shape[0]
+        fs, ft = self._deepest(student, "student", n), self._deepest(teacher, "teacher", n)
+        if fs.dim() != ft.dim():
+            raise ValueError(f"student.features[-1] {tuple(fs.shape)} and teacher.features[-1] {tuple(ft.shape)} "
+                             f"must both be [N, C, H, W] maps or both [N, C] vectors")
+        c_s, c_t = fs.shape[1], ft.shape[1]
+        if c_s == c_t:
+            self.projection = None
+            return
+        layer = nn.Conv2d(c_s, c_t, kernel_size=1, bias=False) if fs.dim() == 4 else nn.Linear(c_s, c_t, bias=False)
+        self.projection = layer.to(fs.device)
+
+    def distill_terms(self, student: ModelOutput, teacher: ModelOutput | None, mask: Tensor) -> dict[str, Tensor]:
+        if self.target == "logits":
+            zs, zt = self._logits(student, teacher)
+            return {"mse": self.lambda_mse * mse_loss(zs, zt, validate=False)}
+        n = student.logits.shape[0]
+        fs, ft = self._deepest(student, "student", n), self._deepest(teacher, "teacher", n)
+        if self.projection is not None:
+            fs = self.projection(fs.to(self.projection.weight.dtype))
+        if fs.shape[1] != ft.shape[1]:
+            raise ValueError(f"student.features[-1] has {fs.shape[1]} channels and teacher.features[-1] has "
+                             f"{ft.shape[1]}; call build(student, teacher) first so that the 'mse' distiller "
+                             f"creates its projection")
+        if fs.dim() == 4 and fs.shape[2:] != ft.shape[2:]:
+            ft = nn.functional.adaptive_avg_pool2d(ft.detach(), fs.shape[2:])
+        return {"mse": self.lambda_mse * mse_loss(fs, ft, validate=False)}
+
+
+@register_distiller("rkd")
+class RKDDistiller(_Objective):
+    """``bce_weight·BCE_sum + λ_D·RKD_distance + λ_A·RKD_angle`` on pooled deepest features.
+
+    The deepest feature maps are global-average-pooled to ``[N, C]``; terms ``rkd_distance`` (mean over
+    pairs) and ``rkd_angle`` (mean over triplets). Defaults are the RKD paper's 25 and 50, times 64.
+
+    Args:
+        lambda_distance: weight of the distance term (default 1600).
+        lambda_angle: weight of the angle term (default 3200).
+        bce_weight: weight of the summed BCE.
+        validate: data-dependent input checks.
+    """
+
+    name = "rkd"
+    uses_features = True
+    batch_mean_terms = frozenset({"rkd_distance", "rkd_angle"})
+
+    def __init__(self, *, lambda_distance: float = 1600.0, lambda_angle: float = 3200.0, bce_weight: float = 1.0,
+                 validate: bool = True) -> None:
+        super().__init__(bce_weight=bce_weight, validate=validate)
+        self.lambda_distance, self.lambda_angle = float(lambda_distance), float(lambda_angle)
+
+    def distill_terms(self, student: ModelOutput, teacher: ModelOutput | None, mask: Tensor) -> dict[str, Tensor]:
+        fs, ft = self._pooled(student, teacher)
+        return {
+            "rkd_distance": self.lambda_distance * rkd_distance_loss(fs, ft, validate=False),
+            "rkd_angle": self.lambda_angle * rkd_angle_loss(fs, ft, validate=False),
+        }
+
+
+@register_distiller("pkt")
+class PKTDistiller(_Objective):
+    """``bce_weight·BCE_sum + λ_PKT·L_PKT`` on pooled deepest features (see `pkt_loss`).
+
+    The default 30000 is the weight of the CRD benchmark (30000 on a mean over N² entries, i.e.
+    30000/N on our per-image mean), times 64 for the summed BCE: 30000 at batch 64.
+
+    Args:
+        lambda_pkt: weight (default 30000).
+        bce_weight: weight of the summed BCE.
+        validate: data-dependent input checks.
+    """
+
+    name = "pkt"
+    uses_features = True
+    batch_mean_terms = frozenset({"pkt"})
+
+    def __init__(self, *, lambda_pkt: float = 30000.0, bce_weight: float = 1.0, validate: bool = True) -> None:
+        super().__init__(bce_weight=bce_weight, validate=validate)
+        self.lambda_pkt = float(lambda_pkt)
+
+    def distill_terms(self, student: ModelOutput, teacher: ModelOutput | None, mask: Tensor) -> dict[str, Tensor]:
+        fs, ft = self._pooled(student, teacher)
+        return {"pkt": self.lambda_pkt * pkt_loss(fs, ft, validate=False)}

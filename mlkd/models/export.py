@@ -1,0 +1,77 @@
+"""ONNX export of a model's logits (the inference path) with a dynamic batch size."""
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from mlkd.models.model import MultiLabelModel
+
+
+class _LogitsOnly(nn.Module):
+    """Wraps a `MultiLabelModel` so that the traced graph is ``images [N, C, H, W] -> logits [N, q]``."""
+
+    def __init__(self, model: MultiLabelModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.model.forward_logits(images)
+
+
+def export_onnx(
+    model: MultiLabelModel, path: str | Path, img_size: int | tuple[int, int] = 224, opset: int = 17
+) -> Path:
+    """Write ``model``'s logits as an ONNX graph: input ``images [batch, C, H, W]``, output
+    ``logits [batch, q]``, with the batch size dynamic and ``H, W`` fixed to ``img_size``.
+
+    The model is exported in eval mode (dropout off, BatchNorm running statistics) and its mode is
+    restored afterwards. The file is written to a temporary name in the same folder and renamed, so a
+    failed export never leaves a truncated ``path``.
+
+    Args:
+        model: the `MultiLabelModel` to export.
+        path: output file (parent folders are created).
+        img_size: input size, ``int`` or ``(H, W)``.
+        opset: ONNX opset version.
+
+    Returns:
+        ``path`` as a `Path`.
+
+    Raises:
+        ValueError: ``model`` is not a `MultiLabelModel` or ``img_size`` is invalid.
+    """
+    if not isinstance(model, MultiLabelModel):
+        raise ValueError(f"export_onnx needs a MultiLabelModel from create_model, got {type(model).__name__}")
+    h, w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    if h < 1 or w < 1:
+        raise ValueError(f"img_size must be positive, got {img_size!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    param = next(model.parameters())
+    # Batch 2, not 1, so that no size-1 broadcasting gets baked into the traced graph.
+    example = torch.zeros(2, model.in_chans, h, w, dtype=param.dtype, device=param.device)
+    was_training = model.training
+    model.eval()
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # The TorchScript exporter announces its deprecation on every call; the graph is still exact.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(
+                _LogitsOnly(model), (example,), tmp_name, dynamo=False,
+                input_names=["images"], output_names=["logits"],
+                dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+                opset_version=opset, do_constant_folding=True,
+            )
+        os.replace(tmp_name, path)
+    finally:
+        model.train(was_training)
+        if os.path.exists(tmp_name):
+            os.remove(tmp_name)
+    return path

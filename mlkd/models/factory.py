@@ -1,0 +1,149 @@
+"""`create_model` and the registry of built-in backbones; every timm model name works as well."""
+from __future__ import annotations
+
+import difflib
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import timm
+from torch import nn
+
+from mlkd.models.head import LabelWiseHead
+from mlkd.models.model import MultiLabelModel
+from mlkd.models.timm_backbone import create_timm_backbone, data_config, final_layout
+from mlkd.models.tiny_cnn import small_cnn, tiny_cnn
+from mlkd.models.weights import load_weights
+
+logger = logging.getLogger(__name__)
+
+_BUILTINS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator registering a built-in backbone constructor ``fn(in_chans=3) -> backbone`` as ``name``.
+
+    The backbone must provide ``forward_features``, ``forward_intermediates``, ``num_features`` and
+    ``feature_info`` like a timm model (see `mlkd.models.tiny_cnn.BuiltinCNN`).
+    """
+
+    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _BUILTINS:
+            raise ValueError(f"model {name!r} is registered twice")
+        _BUILTINS[name] = fn
+        return fn
+
+    return wrap
+
+
+register_model("tiny_cnn")(tiny_cnn)
+register_model("small_cnn")(small_cnn)
+
+
+def list_models(include_timm: bool = False) -> list[str]:
+    """Names accepted by `create_model`.
+
+    The built-in CNNs are always listed; every timm model name (``timm.list_models()``, optionally with
+    a pretrained tag such as ``resnet50.a1_in1k``) works too.
+
+    Args:
+        include_timm: also list every timm architecture name.
+    """
+    names = sorted(_BUILTINS)
+    return names + timm.list_models() if include_timm else names
+
+
+def _check_name(name: str) -> None:
+    """Raise a ValueError with close-name suggestions when ``name`` is neither built-in nor timm."""
+    if name in _BUILTINS:
+        return
+    arch, _ = timm.models.split_model_name_tag(name)
+    if timm.is_model(arch):
+        return
+    close = difflib.get_close_matches(name, list(_BUILTINS) + timm.list_models(), n=5, cutoff=0.6)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ValueError(
+        f"unknown model {name!r}.{hint} Use a built-in ({', '.join(sorted(_BUILTINS))}) or any name of "
+        "timm.list_models()."
+    )
+
+
+def create_model(
+    name: str,
+    num_classes: int,
+    embed_dim: int = 768,
+    pretrained: bool = False,
+    weights: str | Path | None = None,
+    learn_queries: bool = False,
+    img_size: int | tuple[int, int] | list[int] = 224,
+    *,
+    num_heads: int = 8,
+    ffn_dim: int = 2048,
+    dropout: float = 0.1,
+    in_chans: int = 3,
+    strict: bool = True,
+    **kwargs: Any,
+) -> MultiLabelModel:
+    """Create a multi-label model: a backbone with the label-wise embedding head (method.md §4).
+
+    ``model(x)`` returns a `ModelOutput` (logits ``[N, q]``, label embeddings ``[N, q, d]``, stage
+    features); ``model.forward_logits(x)`` returns only the logits, cheaply.
+
+    Args:
+        name: a built-in (`list_models()`) or any timm model name.
+        num_classes: number of labels ``q`` (at least 1).
+        embed_dim: label-embedding width ``d``.
+        pretrained: load timm's pretrained weights into the backbone (needs the internet or timm's
+            cache; not for built-ins).
+        weights: a local checkpoint (``.safetensors``/``.pt``/``.pth``; whole model or backbone only) or
+            a packaged name ``"efficientnet-lite0/1/2"``; loaded after ``pretrained``.
+        learn_queries: train the label queries instead of keeping them random and frozen.
+        img_size: input size, ``int`` or ``(H, W)``; given to timm models that take it (Swin, ViT).
+        num_heads: attention heads of the head.
+        ffn_dim: feed-forward width of the head.
+        dropout: dropout of the head.
+        in_chans: input channels.
+        strict: with ``weights``, raise on any missing, unexpected or mismatched key; if False, load
+            what matches and log the rest (the report is kept as ``model.weights_report``).
+        **kwargs: passed to `timm.create_model` (timm backbones only).
+
+    Returns:
+        The `MultiLabelModel`; ``create_model(**model.model_args)`` rebuilds its architecture.
+
+    Raises:
+        ValueError: unknown name (with suggestions), ``num_classes < 1``, invalid head sizes, options a
+            built-in does not take, or weights that do not fit.
+    """
+    _check_name(name)
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+    if isinstance(img_size, list):
+        img_size = tuple(img_size)  # type: ignore[assignment]
+    if name in _BUILTINS:
+        if pretrained:
+            raise ValueError(f"built-in model {name!r} has no pretrained weights; pass weights=PATH instead")
+        if kwargs:
+            raise ValueError(
+                f"built-in model {name!r} takes no backbone options, got {', '.join(sorted(kwargs))}; "
+                "these are only for timm models"
+            )
+        backbone = _BUILTINS[name](in_chans=in_chans)
+        config = None
+    else:
+        backbone = create_timm_backbone(name, pretrained, img_size, in_chans, **kwargs)
+        config = data_config(backbone)
+    head = LabelWiseHead(
+        int(backbone.num_features), num_classes, embed_dim=embed_dim, num_heads=num_heads,
+        ffn_dim=ffn_dim, dropout=dropout, learn_queries=learn_queries,
+    )
+    model_args = dict(
+        name=name, num_classes=num_classes, embed_dim=embed_dim, learn_queries=learn_queries,
+        img_size=list(img_size) if isinstance(img_size, tuple) else img_size,
+        num_heads=num_heads, ffn_dim=ffn_dim, dropout=dropout, in_chans=in_chans, **kwargs,
+    )
+    model = MultiLabelModel(backbone, head, final_layout(backbone), in_chans, model_args, config)
+    if weights is not None:
+        model.weights_report = load_weights(model, weights, strict=strict)
+        logger.info("loaded %d tensors from %s into the %s", len(model.weights_report.loaded),
+                    model.weights_report.source, model.weights_report.target)
+    return model

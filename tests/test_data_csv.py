@@ -1,0 +1,165 @@
+"""csv reader (users' own data) on fixtures with real PNG/JPEG files; also the shared image checks."""
+from __future__ import annotations
+
+import logging
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mlkd.data import DataFormatError, ImageListDataset, create_dataset
+
+
+def write_csv_set(root, train=None, test=None, val=None, classes=None):
+    images = {
+        "img/a.png": Image.new("RGB", (6, 4), (255, 0, 0)),
+        "img/b.png": Image.new("L", (6, 4), 128),  # grayscale
+        "img/c,comma.png": Image.new("RGBA", (6, 4), (0, 255, 0, 10)),
+        "img/d.jpg": Image.new("RGB", (6, 4), (0, 0, 255)),
+        "img/e.png": Image.new("P", (6, 4), 3),  # palette
+    }
+    for rel, img in images.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        img.save(root / rel)
+    files = {
+        "train": train if train is not None else 'image,labels\nimg/a.png,dog|cat\nimg/b.png,\n"img/c,comma.png", bird \n',
+        "test": test if test is not None else "image,labels\nimg/d.jpg,zebra|dog\n\nimg/e.png,cat\n",
+        "val": val,
+        "classes": classes,
+    }
+    for name, text in files.items():
+        if text is not None:
+            (root / (f"{name}.csv" if name != "classes" else "classes.txt")).write_text(text)
+    return root
+
+
+def test_classes_are_sorted_union_of_all_splits(tmp_path):
+    root = write_csv_set(tmp_path)
+    train = create_dataset("csv", root, "train")
+    assert train.classes == ["bird", "cat", "dog", "zebra"]  # zebra only appears in test.csv
+    assert train.targets.tolist() == [[0, 1, 1, 0], [0, 0, 0, 0], [1, 0, 0, 0]]
+    assert [p.name for p in train.images] == ["a.png", "b.png", "c,comma.png"]
+    test = create_dataset("csv", root, "test")
+    assert test.classes == train.classes
+    assert test.targets.tolist() == [[0, 0, 1, 1], [0, 1, 0, 0]]
+
+
+def test_images_decoded_as_rgb(tmp_path):
+    ds = create_dataset("csv", write_csv_set(tmp_path), "train")
+    red, _ = ds[0]
+    assert red.shape == (3, 4, 6) and red.dtype == torch.float32
+    assert red[:, 0, 0].tolist() == [1.0, 0.0, 0.0]
+    gray, target = ds[1]
+    assert gray.shape == (3, 4, 6)
+    assert torch.allclose(gray, torch.full((3, 4, 6), 128 / 255))
+    assert target.tolist() == [0, 0, 0, 0]
+    rgba, _ = ds[2]
+    assert rgba.shape == (3, 4, 6) and rgba[:, 0, 0].tolist() == [0.0, 1.0, 0.0]
+    palette, _ = create_dataset("csv", tmp_path, "test")[1]
+    assert palette.shape == (3, 4, 6)
+
+
+def test_classes_txt_fixes_order(tmp_path):
+    root = write_csv_set(tmp_path, classes="zebra\n\ndog\ncat\nbird\nunused\n")
+    ds = create_dataset("csv", root, "train")
+    assert ds.classes == ["zebra", "dog", "cat", "bird", "unused"]
+    assert ds.targets.tolist() == [[0, 1, 1, 0, 0], [0, 0, 0, 0, 0], [0, 0, 0, 1, 0]]
+
+
+def test_val_split_and_bom(tmp_path):
+    root = write_csv_set(tmp_path, val="\ufeffimage,labels\r\nimg/e.png,horse\r\n")
+    ds = create_dataset("csv", root, "val")
+    assert ds.classes == ["bird", "cat", "dog", "horse", "zebra"]
+    assert ds.targets.tolist() == [[0, 0, 0, 1, 0]]
+
+
+def test_missing_split_file(tmp_path):
+    root = write_csv_set(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"val\.csv: val split file not found\. Write val\.csv with the header 'image,labels'\."):
+        create_dataset("csv", root, "val")
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", ":1: the header must be 'image,labels', got ''"),
+        ("path,tags\nimg/a.png,cat\n", ":1: the header must be 'image,labels', got 'path,tags'"),
+        ("image,labels\nimg/a.png,cat\nimg/b.png,cat,dog\n", ":3: expected 2 fields (image,labels), got 3"),
+        ("image,labels\nimg/a.png\n", ":2: expected 2 fields (image,labels), got 1"),
+        ("image,labels\n ,cat\n", ":2: the image path is empty"),
+        ("image,labels\nimg/a.png,cat||dog\n", ":2: empty label name in 'cat||dog'"),
+        ("image,labels\nimg/a.png,cat|\n", ":2: empty label name in 'cat|'"),
+    ],
+)
+def test_malformed_csv_names_file_and_line(tmp_path, text, message):
+    root = write_csv_set(tmp_path, train=text)
+    # The error shows whichever split is built, since every split file is read for the class list.
+    with pytest.raises(DataFormatError, match=re.escape(f"{root / 'train.csv'}{message}")):
+        create_dataset("csv", root, "test")
+
+
+def test_no_label_anywhere(tmp_path):
+    root = write_csv_set(tmp_path, train="image,labels\nimg/a.png,\n", test="image,labels\n")
+    with pytest.raises(DataFormatError, match=re.escape(f"{root / 'train.csv'}, {root / 'test.csv'}: no label is used anywhere")):
+        create_dataset("csv", root, "train")
+
+
+def test_label_outside_classes_txt(tmp_path):
+    root = write_csv_set(tmp_path, classes="bird\ncat\ndog\n")
+    with pytest.raises(DataFormatError, match=re.escape(f"{root / 'test.csv'}:2: label 'zebra' is not in {root / 'classes.txt'}. Add it there")):
+        create_dataset("csv", root, "train")
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("cat\ndog\ncat\n", ":3: the name 'cat' is listed twice"),
+        ("cat|dog\n", ":1: the name 'cat|dog' contains '|', the label separator"),
+        ("\n  \n", ": no class names. Write one name per line, or delete the file."),
+    ],
+)
+def test_bad_classes_txt(tmp_path, text, message):
+    root = write_csv_set(tmp_path, classes=text)
+    with pytest.raises(DataFormatError, match=re.escape(f"{root / 'classes.txt'}{message}")):
+        create_dataset("csv", root, "train")
+
+
+def test_missing_image_names_csv_line(tmp_path):
+    root = write_csv_set(tmp_path, train="image,labels\nimg/a.png,cat\nimg/nope.png,dog\nimg/gone.jpg,\n")
+    with pytest.raises(FileNotFoundError) as info:
+        create_dataset("csv", root, "train")
+    assert str(info.value).startswith(
+        f"2 of 3 images are missing: {root / 'img/nope.png'} (listed at train.csv:3), "
+        f"{root / 'img/gone.jpg'} (listed at train.csv:4). Fix the paths"
+    )
+
+
+def test_unreadable_images_error_or_skip(tmp_path, caplog):
+    root = write_csv_set(tmp_path, train="image,labels\nimg/a.png,cat\nimg/bad.png,dog\nimg/cut.jpg,bird\nimg/gone.png,cat\nimg/d.jpg,dog\n")
+    (root / "img" / "bad.png").write_bytes(b"this is text, not an image")
+    full = (root / "img" / "d.jpg").read_bytes()
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(root / "img" / "big.jpg")
+    (root / "img" / "cut.jpg").write_bytes((root / "img" / "big.jpg").read_bytes()[:300])  # truncated JPEG
+    with caplog.at_level(logging.WARNING, logger="mlkd.data.base"):
+        ds = create_dataset("csv", root, "train", skip_unreadable=True)
+    assert [p.name for p in ds.images] == ["a.png", "d.jpg"]
+    assert ds.classes == ["bird", "cat", "dog", "zebra"]
+    assert ds.targets.tolist() == [[0, 1, 0, 0], [0, 0, 1, 0]]
+    assert [(p.name, why.split(":")[0]) for p, why in ds.skipped] == [
+        ("bad.png", "UnidentifiedImageError"), ("cut.jpg", "OSError"), ("gone.png", "file not found")
+    ]
+    assert "skipped 3 of 5 unreadable images" in caplog.text and "gone.png (file not found)" in caplog.text
+    (root / "img" / "gone.png").write_bytes(full)
+    ds = create_dataset("csv", root, "train")
+    with pytest.raises(DataFormatError, match=re.escape(f"{root / 'img/bad.png'} (listed at train.csv:3): cannot decode image (UnidentifiedImageError")):
+        ds[1]
+    with pytest.raises(DataFormatError, match=re.escape(f"{root / 'img/cut.jpg'} (listed at train.csv:4): cannot decode image (OSError")) as info:
+        ds[2]
+    assert "pass skip_unreadable=True" in str(info.value)
+
+
+def test_image_list_dataset_shape_check(tmp_path):
+    with pytest.raises(ValueError, match=re.escape("targets must have shape [len(images), len(classes)] = [1, 2], got [1, 3]")):
+        ImageListDataset([tmp_path / "x.png"], np.zeros((1, 3)), ["a", "b"])
