@@ -93,19 +93,5 @@ def export(checkpoint: str | Path, path: str | Path | None = None, format: str =
     model, _ = model_from_checkpoint(state)
     size = img_size or (state.get("config") or {}).get("img_size") or 224
     target = Path(path) if path is not None else Path(checkpoint).with_suffix(".onnx")
-    return export_onnx(_NormalizedModel(model, InputNorm.from_stats(state.get("input_norm"))), target, size)
-
-
-class _NormalizedModel(torch.nn.Module):
-    """A model with its input normalisation in front, so exported graphs take raw [0, 1] images."""
-
-    def __init__(self, model: torch.nn.Module, norm: InputNorm):
-        super().__init__()
-        self.model, self.norm = model, norm
-        self.num_classes = getattr(model, "num_classes", None)
-
-    def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_logits(self.norm(x))
-
-    def forward(self, x: torch.Tensor):
-        return self.model(self.norm(x))
+    stats = state.get("input_norm") or {}
+    return export_onnx(model, target, size, mean=stats.get("mean"), std=stats.get("std"))

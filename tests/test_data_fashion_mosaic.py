@@ -171,7 +171,11 @@ def test_lookup_order_root_system_cache(isolated):
     root = isolated / "root"
     write_split(root, "train", TRAIN_ITEMS[:6], TRAIN_LABELS[:6])
     assert fm.locate_fashion_mnist("train", root) == root
+    (isolated / "empty").mkdir()
     assert fm.locate_fashion_mnist("train", isolated / "empty") == system
+    # A root that does not exist is a mistake to report, not a folder to skip.
+    with pytest.raises(FileNotFoundError, match="data root .*missing does not exist"):
+        fm.locate_fashion_mnist("train", isolated / "missing")
     assert fm.locate_fashion_mnist("train") == system
     assert fm.locate_fashion_mnist("test") == cache
     assert len(create_dataset("fashion_mosaic", None, "test", num_mosaics=1).items) == 4
@@ -211,6 +215,7 @@ def test_download_into_cache(isolated, monkeypatch):
      (False, "downloading is disabled (download=False)")],
 )
 def test_nothing_found_explains_the_three_fixes(isolated, download, reason):
+    (isolated / "root").mkdir()
     with pytest.raises(FileNotFoundError) as info:
         create_dataset("fashion_mosaic", isolated / "root", "train", download=download)
     message = str(info.value)

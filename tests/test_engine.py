@@ -15,13 +15,13 @@ from mlkd.engine import trainer as trainer_module
 from mlkd.engine.checkpoint import load_checkpoint, save_checkpoint
 from synthetic import write_fashion_like
 
-TINY = {"model_options": {"embed_dim": 16, "num_heads": 2, "ffn_dim": 32}}
+TINY = {"model_options": {"embed_dim": 32, "num_heads": 2, "ffn_dim": 32}}
 
 
 def cli_args(root, output, *extra: str, epochs: int = 2) -> list[str]:
-    return ["--dataset", "fashion_mosaic", "--data-root", str(root), "--dataset-option", "num_mosaics=96",
-            "--img-size", "56", "--batch-size", "16", "--epochs", str(epochs), "--lr", "3e-3",
-            "--model", "tiny_cnn", "--model-option", "embed_dim=16", "--model-option", "num_heads=2",
+    return ["--dataset", "fashion_mosaic", "--data-root", str(root), "--dataset-option", "num_mosaics=256",
+            "--img-size", "32", "--batch-size", "16", "--epochs", str(epochs), "--lr", "1e-2",
+            "--model", "tiny_cnn", "--model-option", "embed_dim=32", "--model-option", "num_heads=2",
             "--model-option", "ffn_dim=32", "--no-augment", "--device", "cpu", "--quiet", "--output", str(output),
             *extra]
 
@@ -39,8 +39,8 @@ def teacher(data_root, tmp_path_factory):
 
 
 def run_config(data_root, output, **overrides):
-    values = dict(dataset="fashion_mosaic", data_root=str(data_root), dataset_options={"num_mosaics": 96},
-                  img_size=56, batch_size=16, epochs=2, lr=3e-3, model="tiny_cnn", augment=False, device="cpu",
+    values = dict(dataset="fashion_mosaic", data_root=str(data_root), dataset_options={"num_mosaics": 256},
+                  img_size=32, batch_size=16, epochs=2, lr=1e-2, model="tiny_cnn", augment=False, device="cpu",
                   quiet=True, output=str(output), tensorboard=False, **TINY)
     values.update(overrides)
     return values
@@ -118,15 +118,45 @@ def test_resume_matches_an_uninterrupted_run(teacher, data_root, tmp_path, monke
     assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
 
 
-def test_teacher_cache_gives_the_same_student(teacher, data_root, tmp_path):
+def test_teacher_cache_returns_what_the_teacher_computes(teacher):
+    from mlkd.engine.evaluate import InputNorm
+    from mlkd.engine.teacher_cache import TeacherCache
+    from mlkd.engine.trainer import teacher_outputs
+
+    model, _ = mlkd.engine.checkpoint.model_from_checkpoint(teacher / "best.pt")
+    images = torch.rand(10, 3, 32, 32)
+    cache = TeacherCache(10, keep_embeddings=True, keep_features=True)
+    calls = {"n": 0}
+    counting = lambda x: (calls.__setitem__("n", calls["n"] + 1), model(x))[1]  # noqa: E731
+    first = torch.tensor([3, 1, 4, 0, 5])
+    teacher_outputs(counting, InputNorm(), images[first], first, cache, torch.device("cpu"))
+    assert calls["n"] == 1 and cache.filled.sum() == 5
+    # A batch with one uncached sample runs the teacher; a fully cached one does not.
+    mixed = torch.tensor([1, 9])
+    teacher_outputs(counting, InputNorm(), images[mixed], mixed, cache, torch.device("cpu"))
+    assert calls["n"] == 2
+    again = torch.tensor([9, 0, 3])
+    got = teacher_outputs(counting, InputNorm(), images[again], again, cache, torch.device("cpu"))
+    assert calls["n"] == 2
+    with torch.no_grad():
+        want = model(images[again])
+    torch.testing.assert_close(got.logits, want.logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got.label_embeddings, want.label_embeddings, rtol=1e-5, atol=1e-5)
+    for g, w in zip(got.features, want.features):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+
+
+def test_teacher_cache_trains_the_same_student(teacher, data_root, tmp_path):
     common = dict(teacher=str(teacher / "best.pt"), method="l2d", epochs=2)
     plain = mlkd.distill(**run_config(data_root, tmp_path / "plain", **common))
     cached = mlkd.distill(**run_config(data_root, tmp_path / "cached", cache_teacher=True, **common))
     a = load_checkpoint(tmp_path / "plain" / "last.pt")["model"]
     b = load_checkpoint(tmp_path / "cached" / "last.pt")["model"]
+    # Epoch 1 is identical; afterwards the teacher's outputs for a sample differ from the cached
+    # ones only by float rounding of another batch composition.
     for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
-    assert cached.metrics["mAP"] == pytest.approx(plain.metrics["mAP"], abs=1e-3)
+        torch.testing.assert_close(a[key], b[key], rtol=1e-2, atol=2e-3)
+    assert cached.metrics["mAP"] == pytest.approx(plain.metrics["mAP"], abs=0.02)
 
 
 def test_teacher_cache_refused_with_random_augmentation(teacher, data_root, tmp_path, capsys):
@@ -161,7 +191,7 @@ def test_export_onnx_matches_the_checkpoint(teacher, tmp_path):
     path = tmp_path / "model.onnx"
     assert main(["export", "--checkpoint", str(teacher / "best.pt"), "--output", str(path)]) == 0
     model, state = mlkd.engine.checkpoint.model_from_checkpoint(teacher / "best.pt")
-    x = torch.rand(3, 3, 56, 56)
+    x = torch.rand(3, 3, 32, 32)
     with torch.no_grad():
         expected = model(x).logits.numpy()
     got = ort.InferenceSession(str(path)).run(None, {ort.InferenceSession(str(path)).get_inputs()[0].name: x.numpy()})[0]

@@ -128,6 +128,9 @@ def locate_fashion_mnist(split: str, root: str | os.PathLike | None = None, down
             looked in and the three ways to fix it.
     """
     names = FILES[split]
+    if root is not None and not Path(root).is_dir():
+        raise FileNotFoundError(f"data root {root} does not exist; pass a folder holding the four Fashion-MNIST "
+                                "*-ubyte.gz files, or leave the root out to use the system copy or the cache")
     candidates = ([Path(root)] if root is not None else []) + [SYSTEM_DIR, cache_dir()]
     for folder in candidates:
         if all((folder / n).is_file() for n in names):

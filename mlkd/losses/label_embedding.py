@@ -2,14 +2,19 @@
 
 All groups (labels for CD, images for ID) are computed at once, without a Python loop:
 
-1. count the positives of every group; one host sync reads the sizes needed below (the only sync
-   of a call);
-2. gather all positive embeddings once into compact ``[P, d]`` rows, and list each kept group's
-   members in a padded ``[G, n_max]`` index with a validity mask (``topk`` on the 0/1 mask puts the
-   positives first, so no ``nonzero``);
-3. list every pair of members of every group, take exact distances from row differences, and
-   reduce per group with ``index_add`` (masked means, smooth-L1 sums).
+1. count the positives of every group; one host sync reads the sizes needed below (the number of
+   positives and of pairs; the only sync of a call);
+2. list the positives of every group, group after group (``nonzero_static``, which needs no sync
+   once the count is known), with each one's rank inside its group;
+3. list every unordered pair of members of every group straight from those ranks: a member of
+   rank r pairs with the r members before it (``repeat_interleave`` with a known output size), so
+   no padded ``[G, n, n]`` grid is built;
+4. gather both ends of every pair with **one** ``index_select`` from the full ``[N·q, d]`` tensor
+   (its backward is the single scatter into the ``[N, q, d]`` gradient that any CD/ID needs), take
+   exact distances from the row differences, and reduce per group with ``index_add`` (masked means,
+   smooth-L1 sums). The teacher side runs without autograd.
 
+CD and ID share one pair list (CD's groups first, then ID's), so the whole of LED is one pass.
 Cost therefore follows the positives and their pairs, not q² or N²: a 1,000-label batch with a few
 positives per image costs about as much as an 80-label one. Memory is (pairs × d); a label present
 in m images of the batch adds m(m − 1)/2 pairs.
@@ -30,64 +35,88 @@ from mlkd.losses._checks import (
 )
 
 
-def _select(flags: Tensor, count: int) -> Tensor:
-    """Positions of the True entries of a 1-D bool tensor whose number of Trues (``count``) is known.
-
-    Each True entry is scattered to its rank; the False ones all land in a spare slot that is
-    dropped. Unlike ``nonzero()`` this needs no host sync, because ``count`` is already known.
-    """
-    rank = flags.cumsum(0) - 1
-    slot = torch.where(flags, rank, torch.full_like(rank, count))
-    out = torch.zeros(count + 1, dtype=torch.long, device=flags.device)
-    return out.scatter_(0, slot, torch.arange(flags.numel(), device=flags.device))[:count]
-
-
-def _structure_from_pairs(rows_s: Tensor, rows_t: Tensor, members: Tensor, valid: Tensor, n_pairs: int) -> Tensor:
-    """The structure function H of G sets whose members are rows of compact arrays.
-
-    Every unordered pair {a, b} of distinct members of a set is listed once (``n_pairs`` in all),
-    its distance taken from the exact difference ``rows[a] − rows[b]`` (an exact 0 for equal
-    embeddings, where the Gram form would leave rounding residue), and per-set means and sums are
-    accumulated with ``index_add``. Work and memory are ``n_pairs · d``: what exact distances need.
+def _members(groups: Tensor, count: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The True entries of a ``[G, M]`` bool mask, group after group, with their rank in the group.
 
     Args:
-        rows_s: ``[P, d_s]`` student embeddings.
-        rows_t: ``[P, d_t]`` teacher embeddings (same rows); used without gradient.
-        members: ``[G, n]`` row index of each member of each set (padding slots arbitrary).
-        valid: ``[G, n]`` bool member mask; real members first.
-        n_pairs: ``Σ_g m_g (m_g − 1) / 2`` for the set sizes ``m_g`` of ``valid``.
+        groups: ``[G, M]`` bool, one row per group, True for its members.
+        count: number of True entries (already known, so ``nonzero_static`` needs no host sync).
+
+    Returns:
+        ``group``, ``member`` and ``rank`` (position among the group's members), each ``[count]``.
+    """
+    width = groups.shape[1]
+    flat = torch.nonzero_static(groups.reshape(-1), size=count).squeeze(1)
+    group, member = flat // width, flat % width
+    sizes = groups.sum(dim=1)
+    rank = torch.arange(count, device=groups.device) - (sizes.cumsum(0) - sizes).index_select(0, group)
+    return group, member, rank
+
+
+def _pair_ends(rank: Tensor, n_pairs: int) -> tuple[Tensor, Tensor]:
+    """Both ends of every unordered pair of members within a group, from a group-sorted member list.
+
+    The member at position p with rank r in its group pairs with the r members before it
+    (positions p − r … p − 1), so the pairs are listed without any padded grid.
+
+    Args:
+        rank: ``[P]`` rank of each member in its group; members of a group are contiguous.
+        n_pairs: ``Σ rank`` (= Σ_g m_g (m_g − 1) / 2), known, so no host sync.
+
+    Returns:
+        ``(a, b)``, each ``[n_pairs]``: positions in the member list, pairs in group order.
+    """
+    a = torch.repeat_interleave(rank, output_size=n_pairs)
+    first = (rank.cumsum(0) - rank).index_select(0, a)  # first pair slot of member a
+    rank_a = rank.index_select(0, a)
+    b = a - rank_a + (torch.arange(n_pairs, device=rank.device) - first)
+    return a, b
+
+
+def _structure_from_pairs(src_s: Tensor, src_t: Tensor, row_a: Tensor, row_b: Tensor, group: Tensor,
+                          sizes: Tensor) -> Tensor:
+    """The structure function H of G sets whose members are rows of ``[R, d]`` arrays.
+
+    Every unordered pair {a, b} of distinct members of a set is listed once; its distance is taken
+    from the exact difference ``src[a] − src[b]`` (an exact 0 for equal embeddings, where the Gram
+    form would leave rounding residue), and per-set means and sums are accumulated with
+    ``index_add``. Both ends of all pairs are gathered with one ``index_select``, whose backward is
+    a single ``index_add`` into the ``[R, d_s]`` gradient. Work and memory are ``pairs · d``.
+
+    Args:
+        src_s: ``[R, d_s]`` student rows.
+        src_t: ``[R, d_t]`` teacher rows (same row order); used without gradient.
+        row_a, row_b: ``[n_pairs]`` rows of the two ends of each pair.
+        group: ``[n_pairs]`` set of each pair.
+        sizes: ``[G]`` members per set (int).
 
     Returns:
         ``[G]`` values of H; 0 for sets with m < 2 or all-zero distances on either side.
     """
-    g_sets, n = valid.shape
-    dtype = compute_dtype(rows_s, rows_t)
-    upper = torch.ones(n, n, dtype=torch.bool, device=valid.device).triu(diagonal=1)
-    pair_flags = (valid.unsqueeze(2) & valid.unsqueeze(1) & upper).reshape(-1)
-    pair = _select(pair_flags, n_pairs)  # flat index into [G, n, n]
-    set_idx, a, b = pair // (n * n), (pair // n) % n, pair % n
-    row_a, row_b = members[set_idx, a], members[set_idx, b]
-    m = valid.sum(dim=1).to(dtype)
-    n_ordered = (m * (m - 1)).clamp_min(1)
+    dtype = compute_dtype(src_s, src_t)
+    n_pairs, n_sets = row_a.numel(), sizes.numel()
+    ends = torch.cat([row_a, row_b])
+    m = sizes.to(dtype)
+    inv_pairs = 2 / (m * (m - 1)).clamp_min(1)  # 1 / (number of unordered pairs)
 
-    def normalised(rows: Tensor) -> tuple[Tensor, Tensor]:
-        rows = rows.to(dtype)
-        diff = rows[row_a] - rows[row_b]  # [n_pairs, d]
-        d2 = (diff * diff).sum(dim=1)
-        live = d2 > 0
-        # sqrt only where d2 > 0: the gradient of sqrt at 0 is infinite and would turn into NaN.
-        dist = torch.where(live, torch.sqrt(torch.where(live, d2, torch.ones_like(d2))), torch.zeros_like(d2))
-        mean = 2 * torch.zeros(g_sets, dtype=dtype, device=dist.device).index_add(0, set_idx, dist) / n_ordered
-        ok = mean > 0
-        return dist / torch.where(ok, mean, torch.ones_like(mean))[set_idx], ok
+    def distances(src: Tensor) -> tuple[Tensor, Tensor]:
+        rows = src.index_select(0, ends).to(dtype)  # [2 · n_pairs, d]
+        # vector_norm's backward is 0 (not NaN) where the distance is exactly 0.
+        dist = torch.linalg.vector_norm(rows[:n_pairs] - rows[n_pairs:], dim=1)
+        mean = torch.zeros(n_sets, dtype=dtype, device=dist.device).index_add(0, group, dist) * inv_pairs
+        return dist, mean
 
-    d_s, ok_s = normalised(rows_s)
     with torch.no_grad():
-        d_t, ok_t = normalised(rows_t.detach())
-    huber = F.smooth_l1_loss(d_s, d_t, reduction="none", beta=1.0)
+        dist_t, mean_t = distances(src_t.detach())
+        ok_t = mean_t > 0
+        target = dist_t * torch.where(ok_t, mean_t, torch.ones_like(mean_t)).reciprocal().index_select(0, group)
+    dist_s, mean_s = distances(src_s)
+    live = (mean_s > 0) & ok_t  # sets with pairs only; m < 2 leaves the mean at 0
+    scale = torch.where(live, mean_s, torch.ones_like(mean_s)).reciprocal()
+    huber = F.smooth_l1_loss(dist_s * scale.index_select(0, group), target, reduction="none", beta=1.0)
     # Each unordered pair stands for the two ordered pairs of H's double sum (the diagonal adds 0).
-    per_set = 2 * torch.zeros(g_sets, dtype=dtype, device=huber.device).index_add(0, set_idx, huber) / m.clamp_min(1)
-    return torch.where(ok_s & ok_t & (m >= 2), per_set, torch.zeros_like(per_set))
+    weight = torch.where(live, 2 / m.clamp_min(1), torch.zeros_like(m))
+    return torch.zeros(n_sets, dtype=dtype, device=huber.device).index_add(0, group, huber) * weight
 
 
 def padded_structure_losses(student: Tensor, teacher: Tensor, valid: Tensor) -> Tensor:
@@ -100,17 +129,20 @@ def padded_structure_losses(student: Tensor, teacher: Tensor, valid: Tensor) -> 
     Args:
         student: ``[G, n, d_s]`` padded student sets.
         teacher: ``[G, n, d_t]`` padded teacher sets, same member order; detached here.
-        valid: ``[G, n]`` bool member mask; the real members of a set must come first.
+        valid: ``[G, n]`` bool member mask (members are taken in slot order; padding may sit anywhere).
 
     Returns:
         ``[G]`` per-set values in the compute dtype of the inputs (float32 or float64).
     """
     g_sets, n = valid.shape
+    valid = valid.bool()
     m = valid.sum(dim=1)
-    n_pairs = int((m * (m - 1) // 2).sum())  # host sync: the size of the pair list
-    members = torch.arange(g_sets * n, device=valid.device).view(g_sets, n)
+    n_members, n_pairs = (int(v) for v in torch.stack([m.sum(), (m * (m - 1) // 2).sum()]).tolist())  # host sync
+    group, member, rank = _members(valid, n_members)
+    a, b = _pair_ends(rank, n_pairs)
+    rows = group * n + member
     return _structure_from_pairs(student.reshape(g_sets * n, -1), teacher.reshape(g_sets * n, -1),
-                                 members, valid, n_pairs)
+                                 rows.index_select(0, a), rows.index_select(0, b), group.index_select(0, a), m)
 
 
 def _check_embeddings(student_emb: Tensor, teacher_emb: Tensor, targets: Tensor,
@@ -132,36 +164,16 @@ def _empty_loss(student_emb: Tensor) -> Tensor:
     return student_emb.flatten()[:0].sum().to(compute_dtype(student_emb))
 
 
-def _padded_groups(rank: Tensor, groups: Tensor, counts: Tensor, n_groups: int, n_max: int,
-                   by_label: bool) -> tuple[Tensor, Tensor]:
-    """Compact-row indices ``[G, n_max]`` and member mask of the groups with ≥ 2 positives.
-
-    Args:
-        rank: ``[N, q]`` index of each positive in the compact positives array (garbage elsewhere).
-        groups: ``[G_all, M]`` bool mask, one row per candidate group.
-        counts: ``[G_all]`` positives per group, already zeroed for groups with fewer than 2.
-        n_groups: number of groups with ≥ 2 positives; n_max: the largest of them.
-        by_label: groups are labels (CD, members are images) rather than images (ID).
-    """
-    # Kept groups have count ≥ 2 > 0, so the n_groups largest counts are exactly them.
-    group_idx = torch.topk(counts, n_groups).indices  # [G]
-    # topk of a 0/1 row lists its positives first; the remaining slots are padding.
-    top = torch.topk(groups[group_idx].to(torch.uint8), n_max, dim=1)
-    member, valid = top.indices, top.values.bool()  # [G, n_max]
-    g = group_idx.unsqueeze(1)
-    compact = rank[member, g] if by_label else rank[g, member]
-    return compact.clamp_min(0), valid  # padding slots may hold -1; they are masked anyway
-
-
 def _label_embedding_terms(student_emb: Tensor, teacher_emb: Tensor, mask: Tensor,
                            terms: tuple[str, ...] = ("cd", "id")) -> dict[str, Tensor]:
     """``{"cd": L_CD, "id": L_ID}`` (those named in ``terms``): sums over labels / images with ≥ 2
     positives of H(student positives, teacher positives).
 
-    The positives of both tensors are gathered once into compact ``[P, d]`` arrays (P = number of
-    positives); CD and ID then index those, so the backward pass writes into the full ``[N, q, d]``
-    gradient once, as the floor does, and everything else costs in proportion to the pairs of
-    positives that share a label (CD) or an image (ID).
+    CD's sets (one per label, members = its positive images) and ID's sets (one per image, members
+    = its positive labels) go into one pair list over the rows of the flat ``[N·q, d]`` tensors, so
+    one gather serves both terms and the backward pass writes into the full ``[N, q, d]`` gradient
+    once, as the floor does; everything else costs in proportion to the pairs of positives that
+    share a label (CD) or an image (ID).
 
     Args:
         student_emb: ``[N, q, d_s]``.
@@ -170,28 +182,36 @@ def _label_embedding_terms(student_emb: Tensor, teacher_emb: Tensor, mask: Tenso
         terms: which of ``"cd"`` and ``"id"`` to compute.
     """
     n_img, q = mask.shape
-    flat = mask.reshape(-1)
-    cd_counts, id_counts = mask.sum(dim=0), mask.sum(dim=1)
-    cd_counts = torch.where(cd_counts >= 2, cd_counts, torch.zeros_like(cd_counts))
-    id_counts = torch.where(id_counts >= 2, id_counts, torch.zeros_like(id_counts))
-    # The one host sync of a call: the sizes of the compact rows, padded groups and pair lists.
-    stats = torch.stack([flat.sum(),
-                         (cd_counts > 0).sum(), cd_counts.max(), (cd_counts * (cd_counts - 1) // 2).sum(),
-                         (id_counts > 0).sum(), id_counts.max(), (id_counts * (id_counts - 1) // 2).sum()])
-    n_pos, g_cd, n_cd, p_cd, g_id, n_id, p_id = (int(v) for v in stats.tolist())
-    g_cd, g_id = (g_cd if "cd" in terms else 0), (g_id if "id" in terms else 0)
+    cd_sizes, id_sizes = mask.sum(dim=0), mask.sum(dim=1)
+    # The one host sync of a call: the number of positives and of pairs in each term.
+    stats = torch.stack([id_sizes.sum(), (cd_sizes * (cd_sizes - 1) // 2).sum(), (id_sizes * (id_sizes - 1) // 2).sum()])
+    n_pos, p_cd, p_id = (int(v) for v in stats.tolist())
+    p_cd, p_id = (p_cd if "cd" in terms else 0), (p_id if "id" in terms else 0)
     out = {name: _empty_loss(student_emb) for name in terms}
-    if g_cd == 0 and g_id == 0:
+    if p_cd + p_id == 0:
         return out
-    order = _select(flat, n_pos)  # rows of the positives in [N*q], row-major
-    rows_s = student_emb.reshape(n_img * q, -1).index_select(0, order)  # [P, d_s]
-    rows_t = teacher_emb.detach().reshape(n_img * q, -1).index_select(0, order)  # [P, d_t]
-    rank = (flat.cumsum(0) - 1).view(n_img, q)  # position of each positive among the P rows
-    for name, groups, counts, n_groups, n_max, n_pairs in (("cd", mask.t(), cd_counts, g_cd, n_cd, p_cd),
-                                                            ("id", mask, id_counts, g_id, n_id, p_id)):
-        if n_groups > 0:
-            members, valid = _padded_groups(rank, groups, counts, n_groups, n_max, by_label=name == "cd")
-            out[name] = _structure_from_pairs(rows_s, rows_t, members, valid, n_pairs).sum()
+    rows, ranks, groups, sizes = [], [], [], []
+    if p_cd:  # sets = labels (group c), members = images (i): row i·q + c
+        label, image, rank = _members(mask.t(), n_pos)
+        rows.append(image * q + label)
+        ranks.append(rank)
+        groups.append(label)
+        sizes.append(cd_sizes)
+    if p_id:  # sets = images, members = labels; row-major, so the flat position is the row itself
+        image, label, rank = _members(mask, n_pos)
+        rows.append(image * q + label)
+        ranks.append(rank)
+        groups.append(image + (q if p_cd else 0))
+        sizes.append(id_sizes)
+    row, rank, group = torch.cat(rows), torch.cat(ranks), torch.cat(groups)
+    a, b = _pair_ends(rank, p_cd + p_id)
+    per_set = _structure_from_pairs(student_emb.reshape(n_img * q, -1), teacher_emb.reshape(n_img * q, -1),
+                                    row.index_select(0, a), row.index_select(0, b), group.index_select(0, a),
+                                    torch.cat(sizes))
+    if p_cd:
+        out["cd"] = per_set[:q].sum()
+    if p_id:
+        out["id"] = per_set[q:].sum() if p_cd else per_set.sum()
     return out
 
 

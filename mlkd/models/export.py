@@ -5,6 +5,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -13,18 +14,26 @@ from mlkd.models.model import MultiLabelModel
 
 
 class _LogitsOnly(nn.Module):
-    """Wraps a `MultiLabelModel` so that the traced graph is ``images [N, C, H, W] -> logits [N, q]``."""
+    """Wraps a `MultiLabelModel` so that the traced graph is ``images [N, C, H, W] -> logits [N, q]``,
+    with the per-channel input normalisation ``(x - mean) / std`` in front when ``mean`` is given."""
 
-    def __init__(self, model: MultiLabelModel) -> None:
+    def __init__(self, model: MultiLabelModel, mean: Sequence[float] | None, std: Sequence[float] | None) -> None:
         super().__init__()
         self.model = model
+        self.normalize = mean is not None
+        if self.normalize:
+            self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+            self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, images: Tensor) -> Tensor:
+        if self.normalize:
+            images = (images - self.mean) / self.std
         return self.model.forward_logits(images)
 
 
 def export_onnx(
-    model: MultiLabelModel, path: str | Path, img_size: int | tuple[int, int] = 224, opset: int = 17
+    model: MultiLabelModel, path: str | Path, img_size: int | tuple[int, int] = 224, opset: int = 17,
+    mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
 ) -> Path:
     """Write ``model``'s logits as an ONNX graph: input ``images [batch, C, H, W]``, output
     ``logits [batch, q]``, with the batch size dynamic and ``H, W`` fixed to ``img_size``.
@@ -38,6 +47,8 @@ def export_onnx(
         path: output file (parent folders are created).
         img_size: input size, ``int`` or ``(H, W)``.
         opset: ONNX opset version.
+        mean, std: per-channel input statistics the model was trained with; when given, the graph
+            takes raw images in [0, 1] and normalises them itself.
 
     Returns:
         ``path`` as a `Path`.
@@ -47,6 +58,8 @@ def export_onnx(
     """
     if not isinstance(model, MultiLabelModel):
         raise ValueError(f"export_onnx needs a MultiLabelModel from create_model, got {type(model).__name__}")
+    if (mean is None) != (std is None):
+        raise ValueError("export_onnx: pass both mean and std (per-channel input statistics), or neither")
     h, w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
     if h < 1 or w < 1:
         raise ValueError(f"img_size must be positive, got {img_size!r}")
@@ -64,7 +77,7 @@ def export_onnx(
             # The TorchScript exporter announces its deprecation on every call; the graph is still exact.
             warnings.simplefilter("ignore", DeprecationWarning)
             torch.onnx.export(
-                _LogitsOnly(model), (example,), tmp_name, dynamo=False,
+                _LogitsOnly(model, mean, std).to(param.device), (example,), tmp_name, dynamo=False,
                 input_names=["images"], output_names=["logits"],
                 dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
                 opset_version=opset, do_constant_folding=True,
