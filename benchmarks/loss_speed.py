@@ -4,6 +4,12 @@ Run from the repository root:
 
     .venv/bin/python benchmarks/loss_speed.py            # full run, writes section loss_speed of docs/benchmarks.md
     .venv/bin/python benchmarks/loss_speed.py --quick    # fewer repeats, prints the table only
+    .venv/bin/python benchmarks/loss_speed.py --threads 1  # pin torch's intra-op threads
+
+On a machine shared with another CPU-bound job, torch's default of one thread per core makes every
+parallel region wait for a thread that is not scheduled, and the timings then measure that wait
+(the same few-ms quantum for every variant) rather than the work; ``--threads 1`` keeps them
+meaningful. The thread count is part of the machine line of the written section.
 
 Shapes (N, q, d) with about k positives per image (each label positive with probability k/q):
 (64, 80, 768) k=3 (MS-COCO-like), (64, 20, 768) k=1.5 (VOC-like), (32, 1000, 768) k=5.
@@ -117,9 +123,14 @@ def run(quick: bool) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats; print only, do not write docs")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's own, one per core)")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     table = run(args.quick)
-    command = "python benchmarks/loss_speed.py" + (" --quick" if args.quick else "")
+    command = ("python benchmarks/loss_speed.py" + (" --quick" if args.quick else "")
+               + (f" --threads {args.threads}" if args.threads is not None else ""))
     section = "\n".join([
         "## Loss speed: MLD + CD + ID, forward + backward",
         "",

@@ -11,7 +11,7 @@ from mlkd.config import RunConfig, make_config
 from mlkd.data import build_transforms, create_dataset
 from mlkd.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from mlkd.engine.distributed import resolve_device
-from mlkd.engine.evaluate import InputNorm, compute_metrics, eval_loader, predict
+from mlkd.engine.evaluate import ModelInput, compute_metrics, eval_loader, predict
 from mlkd.engine.trainer import RunResult, fit
 
 
@@ -70,7 +70,7 @@ def evaluate(checkpoint: str | Path, dataset: str | None = None, data_root: str 
     dev = resolve_device(device)
     model.to(dev)
     scores, targets = predict(model, eval_loader(data, batch_size, workers, dev), dev,
-                              InputNorm.from_stats(state.get("input_norm")))
+                              ModelInput.from_stats(state.get("input_norm")))
     metrics = compute_metrics(scores, targets, threshold, data.classes)
     if output is not None:
         path = Path(output)

@@ -11,6 +11,7 @@ import numpy as np
 from mlkd.config import RunConfig, make_config
 from mlkd.engine.checkpoint import load_checkpoint
 from mlkd.engine.trainer import fit
+from mlkd.losses import create_distiller
 
 log = logging.getLogger("mlkd")
 
@@ -50,7 +51,9 @@ def compare(teacher: str | Path, methods: Sequence[str | tuple[str, str, dict[st
         label, name, lambdas = (entry, entry, {}) if isinstance(entry, str) else entry
         for seed in seeds:
             run_dir = out / label.replace("+", "_").replace("/", "_") / f"seed{seed}"
-            cfg = make_config(base, method=name, teacher=str(teacher), seed=seed, output=str(run_dir),
+            needs_teacher = create_distiller(name).requires_teacher
+            cfg = make_config(base, method=name, teacher=str(teacher) if needs_teacher else None, seed=seed,
+                              output=str(run_dir),
                               lambdas={**base.lambdas, **lambdas},
                               resume=(run_dir / "last.pt").exists())
             log.info("bench: %s, seed %d -> %s", label, seed, run_dir)

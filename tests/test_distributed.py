@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 from torch.utils.data import Dataset
 
 from mlkd.engine import distributed as ddp
-from mlkd.engine.evaluate import InputNorm, eval_loader, predict
+from mlkd.engine.evaluate import ModelInput, eval_loader, predict
 from mlkd.engine.trainer import TrainStep
 from mlkd.losses import create_distiller
 from mlkd.models import create_model
@@ -76,7 +76,7 @@ def _eval_worker(rank: int, init_file: str, out: str) -> None:
     try:
         student = _models()[0].float()
         scores, targets = predict(student, eval_loader(_OddSet(), 2, 0, torch.device("cpu")),
-                                  torch.device("cpu"), InputNorm())
+                                  torch.device("cpu"), ModelInput())
         torch.save((scores, targets), f"{out}.{rank}")
     finally:
         dist.destroy_process_group()
@@ -120,7 +120,7 @@ def test_gradients_under_ddp_equal_the_global_batch_objective(tmp_path):
 
 def test_gathered_evaluation_equals_one_process(tmp_path):
     student = _models()[0].float()
-    single = predict(student, eval_loader(_OddSet(), 2, 0, torch.device("cpu")), torch.device("cpu"), InputNorm())
+    single = predict(student, eval_loader(_OddSet(), 2, 0, torch.device("cpu")), torch.device("cpu"), ModelInput())
     _spawn(_eval_worker, str(tmp_path / "init"), str(tmp_path / "pred"))
     for rank in range(WORLD):
         scores, targets = torch.load(tmp_path / f"pred.{rank}", weights_only=False)

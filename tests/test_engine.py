@@ -117,9 +117,13 @@ def test_resume_matches_an_uninterrupted_run(teacher, data_root, tmp_path, monke
     assert resumed.metrics["mAP"] == straight.metrics["mAP"]
     assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
 
+    # Resuming with other settings would silently train something else: refused with the difference.
+    with pytest.raises(ValueError, match=r"epochs: 3 -> 4"):
+        mlkd.distill(**run_config(data_root, tmp_path / "killed", resume=True, **{**common, "epochs": 4}))
+
 
 def test_teacher_cache_returns_what_the_teacher_computes(teacher):
-    from mlkd.engine.evaluate import InputNorm
+    from mlkd.engine.evaluate import ModelInput
     from mlkd.engine.teacher_cache import TeacherCache
     from mlkd.engine.trainer import teacher_outputs
 
@@ -129,14 +133,14 @@ def test_teacher_cache_returns_what_the_teacher_computes(teacher):
     calls = {"n": 0}
     counting = lambda x: (calls.__setitem__("n", calls["n"] + 1), model(x))[1]  # noqa: E731
     first = torch.tensor([3, 1, 4, 0, 5])
-    teacher_outputs(counting, InputNorm(), images[first], first, cache, torch.device("cpu"))
+    teacher_outputs(counting, ModelInput(), images[first], first, cache, torch.device("cpu"))
     assert calls["n"] == 1 and cache.filled.sum() == 5
     # A batch with one uncached sample runs the teacher; a fully cached one does not.
     mixed = torch.tensor([1, 9])
-    teacher_outputs(counting, InputNorm(), images[mixed], mixed, cache, torch.device("cpu"))
+    teacher_outputs(counting, ModelInput(), images[mixed], mixed, cache, torch.device("cpu"))
     assert calls["n"] == 2
     again = torch.tensor([9, 0, 3])
-    got = teacher_outputs(counting, InputNorm(), images[again], again, cache, torch.device("cpu"))
+    got = teacher_outputs(counting, ModelInput(), images[again], again, cache, torch.device("cpu"))
     assert calls["n"] == 2
     with torch.no_grad():
         want = model(images[again])

@@ -149,6 +149,67 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(lambda e: L.id_loss(e, et, y), (es,))
 
 
+def test_gradcheck_float64_structure_entry_points():
+    """The hand-written backward of the structure function through every public entry point."""
+    _, _, es, et, y = make_batch(torch.float64, d_s=3, d_t=4)
+    es = torch.randn_like(es).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda e: L.led_loss(e, et, y, lambda_cd=2.0, lambda_id=0.5), (es,))
+    g = torch.Generator().manual_seed(8)
+    a = torch.randn(6, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda x: L.structure_loss(x, b), (a,))
+    assert torch.autograd.gradcheck(lambda x: L.rkd_distance_loss(x, b), (a,))
+    # Padded sets with the padding anywhere, an empty set and a one-member set.
+    valid = torch.tensor([[1, 0, 1, 1], [0, 0, 0, 0], [0, 1, 0, 0], [1, 1, 0, 1]], dtype=torch.bool)
+    s = torch.randn(4, 4, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(4, 4, 2, generator=g, dtype=torch.float64)
+    per_set = L.padded_structure_losses(s, t, valid)
+    for k in range(4):
+        close(per_set[k], structure_ref(s[k][valid[k]].detach(), t[k][valid[k]]))
+    assert torch.autograd.gradcheck(lambda x: L.padded_structure_losses(x, t, valid), (s,))
+    one = a[:1].detach().clone().requires_grad_(True)  # no pair at all: value and gradient 0
+    L.structure_loss(one, b[:1]).backward()
+    assert (one.grad == 0).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_embedding_gradients_match_reference(dtype):
+    """Gradients of CD + ID against autograd through the loop references (generic point)."""
+    g = torch.Generator().manual_seed(7)
+    y = (torch.rand(12, 9, generator=g) < 0.35).to(dtype)
+    y[:, 0] = 1  # one large set
+    es = torch.randn(12, 9, 5, generator=g, dtype=dtype)
+    et = torch.randn(12, 9, 4, generator=g, dtype=dtype)
+    mine = es.clone().requires_grad_(True)
+    L.led_loss(mine, et, y, lambda_cd=1.0, lambda_id=3.0).backward()
+    ref = es.double().requires_grad_(True)
+    (cd_ref(ref, et.double(), y.double()) + 3 * id_ref(ref, et.double(), y.double())).backward()
+    assert mine.grad.dtype == dtype
+    tol = 1e-5 if dtype == torch.float32 else 1e-10
+    torch.testing.assert_close(mine.grad.double(), ref.grad, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("student_dtype,teacher_dtype", [(torch.float32, torch.float64),
+                                                         (torch.bfloat16, torch.float32)])
+def test_mixed_dtype_embeddings_values_and_gradients(student_dtype, teacher_dtype):
+    """Student and teacher in different dtypes (only member rows are converted): same loss and
+    gradient as computing in the wider dtype, degenerate sets included."""
+    _, _, es, et, y = make_batch(torch.float64, seed=1)
+    s = es.to(student_dtype).requires_grad_(True)
+    t = et.to(teacher_dtype)
+    out = L.led_loss(s, t, y)
+    out.backward()
+    wide = torch.float64 if torch.float64 in (student_dtype, teacher_dtype) else torch.float32
+    s_wide = s.detach().to(wide).requires_grad_(True)
+    want = L.led_loss(s_wide, t.to(wide), y)
+    want.backward()
+    assert out.dtype == wide and s.grad.dtype == student_dtype and torch.isfinite(s.grad).all()
+    torch.testing.assert_close(out, want, rtol=1e-6, atol=0)
+    torch.testing.assert_close(s.grad, s_wide.grad.to(student_dtype), rtol=1e-2 if student_dtype == torch.bfloat16 else 1e-6,
+                               atol=1e-5)
+    assert (s.grad[y == 0] == 0).all()
+
+
 def test_gradients_finite_and_teacher_untouched_with_degenerate_sets():
     zs, zt, es, et, y = make_batch(torch.float32)
     for t in (zs, zt, es, et):

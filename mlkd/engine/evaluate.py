@@ -5,6 +5,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -47,26 +48,32 @@ class ShardSampler(Sampler[int]):
         return len(self.indices)
 
 
-class InputNorm(nn.Module):
-    """Per-channel ``(x - mean) / std`` applied on the device, or identity when ``mean`` is None.
+class ModelInput(nn.Module):
+    """What one model expects of the shared batch: its input resolution and normalisation.
 
-    Data sets yield images in [0, 1]; each model normalises its own input, so a teacher pretrained
-    with ImageNet statistics and a student trained from scratch can share one batch.
+    Data sets yield images in [0, 1] at the run's ``img_size``; each model adapts them on the device:
+    resized (bilinear, antialiased) to ``size`` when that differs, then ``(x - mean) / std`` when
+    ``mean`` is given. So a teacher fine-tuned at 112 px with ImageNet statistics and a student
+    trained from scratch at 56 px can share one batch.
     """
 
-    def __init__(self, mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
+    def __init__(self, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 size: int | None = None):
         super().__init__()
         self.stats = None if mean is None else {"mean": list(map(float, mean)), "std": list(map(float, std))}
+        self.size = size
         if mean is not None:
             self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
             self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.size is not None and tuple(x.shape[-2:]) != (self.size, self.size):
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
         return x if self.stats is None else (x - self.mean) / self.std
 
     @classmethod
-    def from_stats(cls, stats: dict[str, Any] | None) -> "InputNorm":
-        return cls() if stats is None else cls(stats["mean"], stats["std"])
+    def from_stats(cls, stats: dict[str, Any] | None, size: int | None = None) -> "ModelInput":
+        return cls(size=size) if stats is None else cls(stats["mean"], stats["std"], size)
 
 
 def eval_loader(dataset: Dataset, batch_size: int, workers: int, device: torch.device) -> DataLoader:
@@ -78,7 +85,7 @@ def eval_loader(dataset: Dataset, batch_size: int, workers: int, device: torch.d
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: DataLoader, device: torch.device, norm: InputNorm,
+def predict(model: nn.Module, loader: DataLoader, device: torch.device, norm: ModelInput,
             amp_dtype: torch.dtype | None = None, show_progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Sigmoid scores and targets of every sample of ``loader``'s data set, in data-set order.
 

@@ -59,3 +59,23 @@ class TeacherCache:
             label_embeddings=None if self.embeddings is None else fetch(self.embeddings),
             features=[] if self.features is None else [fetch(f) for f in self.features],
         )
+
+
+# One process's caches by what determines their content (teacher file, images, resolution): the runs
+# of `mlkd bench` and `mlkd demo` distil many students from one teacher on the same images and share
+# its outputs. Only the latest key is kept, to bound memory.
+_POOL: dict[tuple, TeacherCache] = {}
+
+
+def shared_cache(key: tuple, size: int, keep_embeddings: bool, keep_features: bool) -> TeacherCache:
+    """The cache of ``key``, created (or widened to the parts asked for) when needed."""
+    cache = _POOL.get(key)
+    if cache is not None and cache.size == size and (cache.keep_embeddings or not keep_embeddings) \
+            and (cache.keep_features or not keep_features):
+        return cache
+    if cache is not None:
+        keep_embeddings |= cache.keep_embeddings
+        keep_features |= cache.keep_features
+    _POOL.clear()
+    _POOL[key] = TeacherCache(size, keep_embeddings, keep_features)
+    return _POOL[key]

@@ -23,9 +23,9 @@ from mlkd.config import RunConfig
 from mlkd.data import build_loader, build_transforms, create_dataset
 from mlkd.engine import distributed as ddp
 from mlkd.engine.checkpoint import load_checkpoint, model_from_checkpoint, rng_state, save_checkpoint, set_rng_state
-from mlkd.engine.evaluate import IndexedDataset, InputNorm, compute_metrics, eval_loader, predict
+from mlkd.engine.evaluate import IndexedDataset, ModelInput, compute_metrics, eval_loader, predict
 from mlkd.engine.logging import RunLogger, plot_learning_curves, progress
-from mlkd.engine.teacher_cache import TeacherCache
+from mlkd.engine.teacher_cache import TeacherCache, shared_cache
 from mlkd.losses import create_distiller
 from mlkd.models import create_model
 from mlkd.outputs import LossOutput, ModelOutput
@@ -35,6 +35,8 @@ log = logging.getLogger("mlkd")
 # The validation split carved from the training set uses a fixed seed, independent of the run's
 # seed, so that the teacher and every student of a comparison select on the same held-out images.
 SPLIT_SEED = 0
+# Settings that do not change what a resumed run computes.
+RESUME_MAY_CHANGE = {"resume", "output", "quiet", "workers", "device", "tensorboard", "data_root"}
 
 
 @dataclass
@@ -106,15 +108,15 @@ def _fit(cfg: RunConfig, info: ddp.DistInfo, device: torch.device) -> RunResult:
             distiller.embedding_gather = ddp.gather_structure_inputs
         else:
             log.info("--gather-embeddings has no effect in a single process")
-    teacher, teacher_norm = None, InputNorm()
+    teacher, teacher_input = None, ModelInput()
     if getattr(distiller, "requires_teacher", True):
-        teacher, teacher_norm = load_teacher(cfg.teacher, classes, device)
+        teacher, teacher_input = load_teacher(cfg.teacher, classes, device)
     elif cfg.teacher:
         log.warning("method %r uses no teacher; ignoring --teacher %s", cfg.method, cfg.teacher)
     torch.manual_seed(cfg.seed)  # the student's initialisation depends on the seed alone
     student = create_model(cfg.model, len(classes), img_size=cfg.img_size, weights=cfg.weights,
                            pretrained=cfg.pretrained, **cfg.model_options)
-    student_norm = _student_norm(cfg, student)
+    student_input = _student_input(cfg, student)
     student.to(device)
     if cfg.sync_bn and info.enabled:
         student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
@@ -123,8 +125,8 @@ def _fit(cfg: RunConfig, info: ddp.DistInfo, device: torch.device) -> RunResult:
     sample = torch.stack([train_set[i][0] for i in range(min(2, len(train_set)))]).to(device)
     with torch.no_grad():
         student.eval()
-        s_sample = student(student_norm.to(device)(sample))
-        t_sample = teacher(teacher_norm(sample)) if teacher is not None else None
+        s_sample = student(student_input.to(device)(sample))
+        t_sample = teacher(teacher_input(sample)) if teacher is not None else None
         student.train()
     distiller.build(s_sample, t_sample)
     distiller.to(device)
@@ -152,7 +154,8 @@ def _fit(cfg: RunConfig, info: ddp.DistInfo, device: torch.device) -> RunResult:
     cache = None
     if cfg.cache_teacher and teacher is not None:
         check_cache_allowed(cfg)
-        cache = TeacherCache(len(train_set), keep_embeddings=getattr(distiller, "uses_embeddings", False),
+        cache = shared_cache(_cache_key(cfg, info), len(train_set),
+                             keep_embeddings=getattr(distiller, "uses_embeddings", False),
                              keep_features=getattr(distiller, "uses_features", False))
 
     start_epoch, best_map, best_epoch = 0, -math.inf, 0
@@ -170,7 +173,7 @@ def _fit(cfg: RunConfig, info: ddp.DistInfo, device: torch.device) -> RunResult:
         log.info("resumed %s after epoch %d", out_dir, start_epoch)
 
     common = {"model_args": student.model_args if hasattr(student, "model_args") else None,
-              "classes": classes, "config": cfg.to_dict(), "input_norm": student_norm.stats}
+              "classes": classes, "config": cfg.to_dict(), "input_norm": student_input.stats}
     show = info.is_main and not cfg.quiet
     for epoch in range(start_epoch, cfg.epochs):
         if hasattr(train_loader.sampler, "set_epoch"):
@@ -180,11 +183,11 @@ def _fit(cfg: RunConfig, info: ddp.DistInfo, device: torch.device) -> RunResult:
             # the same batches and augmentations as an uninterrupted one.
             train_loader.generator.manual_seed((cfg.seed * 100_003 + epoch) * 1_009 + info.rank)
         t0 = time.perf_counter()
-        sums = run_epoch(train_step, train_loader, optimizer, scheduler, scaler, teacher, teacher_norm,
-                         student_norm, cache, device, amp_dtype, cfg.grad_clip, f"epoch {epoch + 1}/{cfg.epochs}", show)
+        sums = run_epoch(train_step, train_loader, optimizer, scheduler, scaler, teacher, teacher_input,
+                         student_input, cache, device, amp_dtype, cfg.grad_clip, f"epoch {epoch + 1}/{cfg.epochs}", show)
         seconds = time.perf_counter() - t0
         images_seen = sums.pop("_images")
-        scores, targets = predict(inner.student, val_loader, device, student_norm, amp_dtype)
+        scores, targets = predict(inner.student, val_loader, device, student_input, amp_dtype)
         val_map = compute_metrics(scores, targets, cfg.threshold, classes)["mAP"]
         record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in sums.items()}, "val_mAP": val_map,
                   "lr": scheduler.get_last_lr()[0], "epoch_seconds": seconds,
@@ -213,7 +216,7 @@ def _fit(cfg: RunConfig, info: ddp.DistInfo, device: torch.device) -> RunResult:
     best_state = ddp.broadcast_object(best["model"] if best else None)
     inner.student.load_state_dict(best_state)
     test_scores, test_targets = predict(inner.student, eval_loader(test_set, cfg.batch_size, cfg.workers, device),
-                                        device, student_norm, amp_dtype)
+                                        device, student_input, amp_dtype)
     metrics = compute_metrics(test_scores, test_targets, cfg.threshold, classes)
     metrics.update({"split": cfg.test_split, "best_epoch": best_epoch, "best_val_mAP": best_map,
                     "method": cfg.method, "model": cfg.model, "seed": cfg.seed})
@@ -226,12 +229,12 @@ def _fit(cfg: RunConfig, info: ddp.DistInfo, device: torch.device) -> RunResult:
     return RunResult(out_dir, metrics, best_epoch, history)
 
 
-def run_epoch(train_step: nn.Module, loader: DataLoader, optimizer, scheduler, scaler, teacher, teacher_norm,
-              student_norm, cache: TeacherCache | None, device: torch.device, amp_dtype, grad_clip,
+def run_epoch(train_step: nn.Module, loader: DataLoader, optimizer, scheduler, scaler, teacher, teacher_input,
+              student_input, cache: TeacherCache | None, device: torch.device, amp_dtype, grad_clip,
               desc: str, show: bool) -> dict[str, float]:
     """One pass over ``loader``; returns each loss term averaged per image, and the image count."""
     train_step.train()
-    student_norm = student_norm.to(device)
+    student_input = student_input.to(device)
     sums: dict[str, Tensor] = {}
     seen = 0
     bar = progress(loader, len(loader), desc, show)
@@ -240,8 +243,8 @@ def run_epoch(train_step: nn.Module, loader: DataLoader, optimizer, scheduler, s
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            teacher_out = teacher_outputs(teacher, teacher_norm, images, index, cache, device)
-            total, terms = train_step(student_norm(images), teacher_out, targets)
+            teacher_out = teacher_outputs(teacher, teacher_input, images, index, cache, device)
+            total, terms = train_step(student_input(images), teacher_out, targets)
         if not torch.isfinite(total):
             parts = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
             raise FloatingPointError(f"the loss became {total.item()} at {desc}, step {step + 1} ({parts}); "
@@ -266,7 +269,7 @@ def run_epoch(train_step: nn.Module, loader: DataLoader, optimizer, scheduler, s
 
 
 @torch.no_grad()
-def teacher_outputs(teacher: nn.Module | None, norm: InputNorm, images: Tensor, index: Tensor,
+def teacher_outputs(teacher: nn.Module | None, norm: ModelInput, images: Tensor, index: Tensor,
                     cache: TeacherCache | None, device: torch.device) -> ModelOutput | None:
     """The frozen teacher's outputs for a batch, from the cache when every sample is in it."""
     if teacher is None:
@@ -284,6 +287,13 @@ def check_cache_allowed(cfg: RunConfig) -> None:
     if cfg.augment:
         raise ValueError("--cache-teacher needs the same training input every epoch, but random augmentation "
                          "is on; pass --no-augment (augment: false) or drop --cache-teacher")
+
+
+def _cache_key(cfg: RunConfig, info: ddp.DistInfo) -> tuple:
+    """Everything that determines the teacher's output for a training-set index."""
+    path = Path(cfg.teacher).resolve()
+    return (str(path), path.stat().st_mtime_ns, cfg.dataset, cfg.data_root, repr(sorted(cfg.dataset_options.items())),
+            cfg.train_split, cfg.val_split, cfg.val_fraction, cfg.img_size, info.rank)
 
 
 def build_optimizer(module: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -326,8 +336,11 @@ def _with_classes(subset: Subset, classes: list[str]) -> Subset:
     return subset
 
 
-def load_teacher(path: str | None, classes: list[str], device: torch.device) -> tuple[nn.Module, InputNorm]:
-    """The frozen teacher from its checkpoint: eval mode, no gradient, classes checked."""
+def load_teacher(path: str | None, classes: list[str], device: torch.device) -> tuple[nn.Module, ModelInput]:
+    """The frozen teacher from its checkpoint: eval mode, no gradient, classes checked.
+
+    The teacher sees each batch at the resolution and normalisation it was trained with.
+    """
     if not path:
         raise ValueError("this method distils from a teacher: pass --teacher PATH (a best.pt written by mlkd train)")
     teacher, state = model_from_checkpoint(path)
@@ -335,18 +348,19 @@ def load_teacher(path: str | None, classes: list[str], device: torch.device) -> 
         raise ValueError(f"teacher {path} was trained on classes {state['classes']}, but the data set has "
                          f"{classes}; train a teacher on this data set first")
     teacher.requires_grad_(False)
-    return teacher.to(device).eval(), InputNorm.from_stats(state.get("input_norm")).to(device)
+    size = (state.get("config") or {}).get("img_size")
+    return teacher.to(device).eval(), ModelInput.from_stats(state.get("input_norm"), size).to(device)
 
 
-def _student_norm(cfg: RunConfig, student: nn.Module) -> InputNorm:
+def _student_input(cfg: RunConfig, student: nn.Module) -> ModelInput:
     """ImageNet-style statistics for pretrained backbones, none for models trained from scratch."""
     stats = getattr(student, "data_config", None)
     use = cfg.normalize if cfg.normalize is not None else bool(stats) and bool(cfg.weights or cfg.pretrained)
     if not use:
-        return InputNorm()
+        return ModelInput()
     if not stats:
         stats = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
-    return InputNorm(stats["mean"], stats["std"])
+    return ModelInput(stats["mean"], stats["std"])
 
 
 def _amp_dtype(cfg: RunConfig, device: torch.device) -> torch.dtype | None:
@@ -364,27 +378,35 @@ def _prepare_output(cfg: RunConfig, out_dir: Path, info: ddp.DistInfo) -> dict[s
     Rank 0 decides and reads the files; other ranks receive its answer, so a multi-node run needs the
     output folder on rank 0's machine only.
     """
-    answer: tuple[str | None, dict[str, Any] | None] = (None, None)
+    answer: tuple[Exception | None, dict[str, Any] | None] = (None, None)
     if info.is_main:
         answer = _check_output(cfg, out_dir)
     error, state = ddp.broadcast_object(answer)
-    if error:
-        raise (FileNotFoundError if cfg.resume else FileExistsError)(error)
+    if error is not None:
+        raise error
     return state
 
 
-def _check_output(cfg: RunConfig, out_dir: Path) -> tuple[str | None, dict[str, Any] | None]:
+def _check_output(cfg: RunConfig, out_dir: Path) -> tuple[Exception | None, dict[str, Any] | None]:
     last = out_dir / "last.pt"
     if cfg.resume:
         if not last.exists():
-            return f"--resume: {last} does not exist; start the run without --resume", None
+            return FileNotFoundError(f"--resume: {last} does not exist; start the run without --resume"), None
         state = load_checkpoint(last)
+        saved, now = state.get("config") or {}, cfg.to_dict()
+        changed = [f"{k}: {saved[k]!r} -> {now[k]!r}" for k in now
+                   if k not in RESUME_MAY_CHANGE and k in saved and saved[k] != now[k]]
+        if changed:
+            return ValueError(f"--resume continues the run in {out_dir} exactly as it was configured, but these "
+                              f"settings differ from its checkpoint: {'; '.join(changed)}. Resume with the original "
+                              f"settings, or start a new run in another --output (--weights {last} starts from "
+                              "its weights)"), None
         if state["epoch"] >= cfg.epochs:
             log.info("%s already finished %d epochs; writing the final report only", out_dir, state["epoch"])
         return None, state
     if last.exists():
-        return (f"{out_dir} already holds a run (last.pt); pass --resume to continue it "
-                "or choose another --output"), None
+        return FileExistsError(f"{out_dir} already holds a run (last.pt); pass --resume to continue it "
+                               "or choose another --output"), None
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(out_dir / "config.yaml")
     return None, None

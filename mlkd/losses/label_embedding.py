@@ -9,10 +9,12 @@ All groups (labels for CD, images for ID) are computed at once, without a Python
 3. list every unordered pair of members of every group straight from those ranks: a member of
    rank r pairs with the r members before it (``repeat_interleave`` with a known output size), so
    no padded ``[G, n, n]`` grid is built;
-4. gather both ends of every pair with **one** ``index_select`` from the full ``[N·q, d]`` tensor
-   (its backward is the single scatter into the ``[N, q, d]`` gradient that any CD/ID needs), take
-   exact distances from the row differences, and reduce per group with ``index_add`` (masked means,
-   smooth-L1 sums). The teacher side runs without autograd.
+4. form the exact difference of every pair straight from the full ``[N·q, d]`` tensor with one
+   ``embedding_bag`` (sum, weights ±1: no gathered copies), take norms, and reduce per group with
+   ``index_add`` (masked means, smooth-L1 sums). The backward pass is written by hand
+   (``_StructureFunction``): a few ``[pairs]``-sized operations and one more ``embedding_bag`` that
+   writes the full ``[N, q, d]`` gradient in one go (the floor's own cost). The teacher side never
+   enters autograd.
 
 CD and ID share one pair list (CD's groups first, then ID's), so the whole of LED is one pass.
 Cost therefore follows the positives and their pairs, not q² or N²: a 1,000-label batch with a few
@@ -21,9 +23,12 @@ in m images of the batch adds m(m − 1)/2 pairs.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from mlkd.losses._checks import (
     check_finite,
@@ -35,88 +40,135 @@ from mlkd.losses._checks import (
 )
 
 
-def _members(groups: Tensor, count: int) -> tuple[Tensor, Tensor, Tensor]:
-    """The True entries of a ``[G, M]`` bool mask, group after group, with their rank in the group.
+def _pair_rows(rank: Tensor, row: Tensor, group: Tensor, n_pairs: int) -> tuple[Tensor, Tensor]:
+    """Every unordered pair of members within a set, from a set-sorted member list.
+
+    The member at position p with rank r in its set pairs with the r members before it
+    (positions p − r … p − 1). Its pairs fill slots ``S_p … S_p + r − 1`` with
+    ``S_p = Σ_{p' < p} r_p'``, so slot s holds the pair (p, s + p − r − S_p). No padded grid.
 
     Args:
-        groups: ``[G, M]`` bool, one row per group, True for its members.
-        count: number of True entries (already known, so ``nonzero_static`` needs no host sync).
-
-    Returns:
-        ``group``, ``member`` and ``rank`` (position among the group's members), each ``[count]``.
-    """
-    width = groups.shape[1]
-    flat = torch.nonzero_static(groups.reshape(-1), size=count).squeeze(1)
-    group, member = flat // width, flat % width
-    sizes = groups.sum(dim=1)
-    rank = torch.arange(count, device=groups.device) - (sizes.cumsum(0) - sizes).index_select(0, group)
-    return group, member, rank
-
-
-def _pair_ends(rank: Tensor, n_pairs: int) -> tuple[Tensor, Tensor]:
-    """Both ends of every unordered pair of members within a group, from a group-sorted member list.
-
-    The member at position p with rank r in its group pairs with the r members before it
-    (positions p − r … p − 1), so the pairs are listed without any padded grid.
-
-    Args:
-        rank: ``[P]`` rank of each member in its group; members of a group are contiguous.
+        rank: ``[P]`` rank of each member in its set; members of a set are contiguous.
+        row: ``[P]`` embedding row of each member.
+        group: ``[P]`` set of each member.
         n_pairs: ``Σ rank`` (= Σ_g m_g (m_g − 1) / 2), known, so no host sync.
 
     Returns:
-        ``(a, b)``, each ``[n_pairs]``: positions in the member list, pairs in group order.
+        ``ends`` ``[2 · n_pairs]`` (rows of both ends of pair k at 2k and 2k + 1) and the set of
+        each pair ``[n_pairs]``, pairs in set order.
     """
     a = torch.repeat_interleave(rank, output_size=n_pairs)
-    first = (rank.cumsum(0) - rank).index_select(0, a)  # first pair slot of member a
-    rank_a = rank.index_select(0, a)
-    b = a - rank_a + (torch.arange(n_pairs, device=rank.device) - first)
-    return a, b
+    shift = torch.arange(rank.numel(), device=rank.device) - rank.cumsum(0)  # p − r − S_p
+    b = torch.arange(n_pairs, device=rank.device) + shift.index_select(0, a)
+    return row.index_select(0, torch.stack([a, b], dim=1).view(-1)), group.index_select(0, a)
 
 
-def _structure_from_pairs(src_s: Tensor, src_t: Tensor, row_a: Tensor, row_b: Tensor, group: Tensor,
-                          sizes: Tensor) -> Tensor:
+@functools.lru_cache(maxsize=8)
+def _unit_signs(dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``[1, −1]``, made once per dtype and device (no host-to-device copy per call)."""
+    return torch.tensor([1.0, -1.0], dtype=dtype, device=device)
+
+
+def _difference_bags(ends: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """``embedding_bag`` (sum) arguments whose bag k is ``table[ends[2k]] − table[ends[2k + 1]]``."""
+    n_pairs = ends.numel() // 2
+    offsets = torch.arange(0, 2 * n_pairs, 2, device=ends.device)
+    return ends, offsets, _unit_signs(dtype, ends.device).repeat(n_pairs)
+
+
+def _pair_distances(table: Tensor, bags: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """Exact differences (0 for equal rows) and their norms, ``[pairs, d]`` and ``[pairs]``."""
+    index, offsets, signs = bags
+    diff = F.embedding_bag(index, table, offsets, mode="sum", per_sample_weights=signs)
+    return diff, torch.linalg.vector_norm(diff, dim=1)
+
+
+class _StructureFunction(torch.autograd.Function):
+    """Per-set values of H for sets given as pair lists over the rows of two tables.
+
+    Forward (no autograd inside): pair distances of both sides, per-set means, normalised
+    distances, smooth-L1, per-set sums. Backward by hand, for the student table only: with
+    ``ŝ = d / μ`` and ``μ_g = Σ_{p∈g} d_p / n_g`` (n_g unordered pairs),
+    ``∂L/∂d_p = (ĝ_p − Σ_{p'∈g} ĝ_p' ŝ_p' / n_g) / μ_g`` where ``ĝ_p = w_g · clamp(ŝ_p − t_p, −1, 1)``
+    is the gradient at the normalised distance; then ``∂L/∂x_r = Σ_{p ∋ r} ±(∂L/∂d_p / d_p) diff_p``
+    is one ``embedding_bag`` over the differences with one bag per table row, which writes the full
+    gradient at once. A zero distance gets gradient 0 (the subgradient ``vector_norm`` also picks),
+    never NaN. Not twice differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, table_s: Tensor, table_t: Tensor, bags_s: tuple[Tensor, Tensor, Tensor],
+                bags_t: tuple[Tensor, Tensor, Tensor], group: Tensor, counts: Tensor) -> Tensor:
+        n_sets = counts.shape[1]
+        dtype = table_s.dtype
+        # [2/m, 1/(unordered pairs)] per set (clamped where m < 2: those sets are masked below).
+        per_set = counts.clamp_min(1).to(dtype).reciprocal_().mul_(2)
+        _, dist_t = _pair_distances(table_t, bags_t)
+        diff, dist = _pair_distances(table_s, bags_s)
+        dists = torch.stack([dist, dist_t])  # [student, teacher] × pairs
+        mean = torch.zeros(2, n_sets, dtype=dtype, device=dist.device).index_add_(1, group, dists).mul_(per_set[1])
+        live = (mean > 0).all(dim=0)  # m < 2 leaves a mean at 0; so does a degenerate set
+        hat = dists * torch.where(live, mean, 1.0).reciprocal_().index_select(1, group)  # normalised
+        huber = F.smooth_l1_loss(hat[0], hat[1], reduction="none", beta=1.0)
+        # Each unordered pair stands for the two ordered pairs of H's double sum (the diagonal adds 0).
+        weight = torch.where(live, per_set[0], 0.0)
+        ctx.save_for_backward(diff, dist, hat, mean[0], group, weight, per_set[1], bags_s[0], bags_s[2])
+        ctx.n_rows = table_s.shape[0]
+        return torch.zeros(n_sets, dtype=dtype, device=dist.device).index_add_(0, group, huber).mul_(weight)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_sets: Tensor):
+        diff, dist, hat, mean, group, weight, inv_pairs, index, signs = ctx.saved_tensors
+        s_hat = hat[0]
+        g_hat = (grad_sets * weight).index_select(0, group) * (s_hat - hat[1]).clamp_(-1, 1)
+        centre = torch.zeros_like(weight).index_add_(0, group, g_hat * s_hat).mul_(inv_pairs)
+        # Dead sets have g_hat = 0; their mean (possibly 0) is replaced by 1 so nothing divides by 0.
+        coef = (g_hat - centre.index_select(0, group)).div_(torch.where(mean > 0, mean, 1.0).index_select(0, group))
+        coef.div_(dist).masked_fill_(dist == 0, 0)
+        # One bag per table row: the pair ends sorted by row; end e is 2k (+) or 2k + 1 (−) of pair k.
+        # (searchsorted, unlike bincount, needs no host sync on GPU.)
+        rows, order = torch.sort(index, stable=True)
+        starts = torch.searchsorted(rows, torch.arange(ctx.n_rows, device=rows.device))
+        pair = order // 2
+        signed = coef.index_select(0, pair).mul_(signs.index_select(0, order))
+        grad = F.embedding_bag(pair, diff, starts, mode="sum", per_sample_weights=signed)
+        return grad, None, None, None, None, None
+
+
+def _structure_from_pairs(src_s: Tensor, src_t: Tensor, rows: Tensor, ends: Tensor, group: Tensor,
+                          counts: Tensor) -> Tensor:
     """The structure function H of G sets whose members are rows of ``[R, d]`` arrays.
 
     Every unordered pair {a, b} of distinct members of a set is listed once; its distance is taken
-    from the exact difference ``src[a] − src[b]`` (an exact 0 for equal embeddings, where the Gram
-    form would leave rounding residue), and per-set means and sums are accumulated with
-    ``index_add``. Both ends of all pairs are gathered with one ``index_select``, whose backward is
-    a single ``index_add`` into the ``[R, d_s]`` gradient. Work and memory are ``pairs · d``.
+    from the exact difference of the two rows (an exact 0 for equal embeddings, where the Gram form
+    would leave rounding residue). Work and memory are ``pairs · d``.
 
     Args:
         src_s: ``[R, d_s]`` student rows.
         src_t: ``[R, d_t]`` teacher rows (same row order); used without gradient.
-        row_a, row_b: ``[n_pairs]`` rows of the two ends of each pair.
+        rows: ``[P]`` the distinct rows that are members of some set.
+        ends: ``[2 · n_pairs]`` rows of the two ends of pair k at 2k and 2k + 1.
         group: ``[n_pairs]`` set of each pair.
-        sizes: ``[G]`` members per set (int).
+        counts: ``[2, G]`` int: members m and m(m − 1) per set.
 
     Returns:
         ``[G]`` values of H; 0 for sets with m < 2 or all-zero distances on either side.
     """
     dtype = compute_dtype(src_s, src_t)
-    n_pairs, n_sets = row_a.numel(), sizes.numel()
-    ends = torch.cat([row_a, row_b])
-    m = sizes.to(dtype)
-    inv_pairs = 2 / (m * (m - 1)).clamp_min(1)  # 1 / (number of unordered pairs)
+    direct = _difference_bags(ends, dtype)
 
-    def distances(src: Tensor) -> tuple[Tensor, Tensor]:
-        rows = src.index_select(0, ends).to(dtype)  # [2 · n_pairs, d]
-        # vector_norm's backward is 0 (not NaN) where the distance is exactly 0.
-        dist = torch.linalg.vector_norm(rows[:n_pairs] - rows[n_pairs:], dim=1)
-        mean = torch.zeros(n_sets, dtype=dtype, device=dist.device).index_add(0, group, dist) * inv_pairs
-        return dist, mean
+    def table(src: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+        if src.dtype == dtype:  # differences straight from the full tensor
+            return src, direct
+        # Half precision, or float32 beside float64: convert only the member rows.
+        where = torch.zeros(src.shape[0], dtype=torch.long, device=rows.device)
+        where[rows] = torch.arange(rows.numel(), device=rows.device)
+        return src.index_select(0, rows).to(dtype), _difference_bags(where.index_select(0, ends), dtype)
 
-    with torch.no_grad():
-        dist_t, mean_t = distances(src_t.detach())
-        ok_t = mean_t > 0
-        target = dist_t * torch.where(ok_t, mean_t, torch.ones_like(mean_t)).reciprocal().index_select(0, group)
-    dist_s, mean_s = distances(src_s)
-    live = (mean_s > 0) & ok_t  # sets with pairs only; m < 2 leaves the mean at 0
-    scale = torch.where(live, mean_s, torch.ones_like(mean_s)).reciprocal()
-    huber = F.smooth_l1_loss(dist_s * scale.index_select(0, group), target, reduction="none", beta=1.0)
-    # Each unordered pair stands for the two ordered pairs of H's double sum (the diagonal adds 0).
-    weight = torch.where(live, 2 / m.clamp_min(1), torch.zeros_like(m))
-    return torch.zeros(n_sets, dtype=dtype, device=huber.device).index_add(0, group, huber) * weight
+    table_s, bags_s = table(src_s)
+    table_t, bags_t = table(src_t.detach())
+    return _StructureFunction.apply(table_s, table_t, bags_s, bags_t, group, counts)
 
 
 def padded_structure_losses(student: Tensor, teacher: Tensor, valid: Tensor) -> Tensor:
@@ -137,12 +189,14 @@ def padded_structure_losses(student: Tensor, teacher: Tensor, valid: Tensor) -> 
     g_sets, n = valid.shape
     valid = valid.bool()
     m = valid.sum(dim=1)
-    n_members, n_pairs = (int(v) for v in torch.stack([m.sum(), (m * (m - 1) // 2).sum()]).tolist())  # host sync
-    group, member, rank = _members(valid, n_members)
-    a, b = _pair_ends(rank, n_pairs)
-    rows = group * n + member
+    counts = torch.stack([m, m * (m - 1)])
+    n_members, twice_pairs = (int(v) for v in counts.sum(dim=1).tolist())  # the one host sync
+    rows = torch.nonzero_static(valid.view(-1), size=n_members).view(-1)
+    group = rows // n
+    rank = torch.arange(n_members, device=rows.device) - (m.cumsum(0) - m).index_select(0, group)
+    ends, pair_group = _pair_rows(rank, rows, group, twice_pairs // 2)
     return _structure_from_pairs(student.reshape(g_sets * n, -1), teacher.reshape(g_sets * n, -1),
-                                 rows.index_select(0, a), rows.index_select(0, b), group.index_select(0, a), m)
+                                 rows, ends, pair_group, counts)
 
 
 def _check_embeddings(student_emb: Tensor, teacher_emb: Tensor, targets: Tensor,
@@ -164,16 +218,34 @@ def _empty_loss(student_emb: Tensor) -> Tensor:
     return student_emb.flatten()[:0].sum().to(compute_dtype(student_emb))
 
 
+@functools.lru_cache(maxsize=16)
+def _slot_table(n_img: int, q: int, do_cd: bool, do_id: bool, device: torch.device) -> Tensor:
+    """``[2, slots]``: the embedding row and the set of every slot of the CD and/or ID masks.
+
+    CD slots are ``c · N + i`` of ``mask.t()`` (set c, row i·q + c); ID slots follow, ``i · q + c``
+    of ``mask`` (set q + i when CD comes first, row i·q + c). Depends on the shape only, so it is
+    built once per (N, q, device) and reused.
+    """
+    rows = torch.arange(n_img * q, device=device).view(n_img, q)
+    parts = []
+    if do_cd:
+        parts.append(torch.stack([rows.t().reshape(-1), torch.arange(q, device=device).repeat_interleave(n_img)]))
+    if do_id:
+        first = q if do_cd else 0
+        parts.append(torch.stack([rows.reshape(-1), torch.arange(first, first + n_img, device=device).repeat_interleave(q)]))
+    return torch.cat(parts, dim=1)
+
+
 def _label_embedding_terms(student_emb: Tensor, teacher_emb: Tensor, mask: Tensor,
                            terms: tuple[str, ...] = ("cd", "id")) -> dict[str, Tensor]:
     """``{"cd": L_CD, "id": L_ID}`` (those named in ``terms``): sums over labels / images with ≥ 2
     positives of H(student positives, teacher positives).
 
     CD's sets (one per label, members = its positive images) and ID's sets (one per image, members
-    = its positive labels) go into one pair list over the rows of the flat ``[N·q, d]`` tensors, so
-    one gather serves both terms and the backward pass writes into the full ``[N, q, d]`` gradient
-    once, as the floor does; everything else costs in proportion to the pairs of positives that
-    share a label (CD) or an image (ID).
+    = its positive labels) share one pair list over the rows of the flat ``[N·q, d]`` tensors, so
+    one pass serves both terms and the backward pass writes the full ``[N, q, d]`` gradient once, as
+    the floor does; everything else costs in proportion to the pairs of positives that share a
+    label (CD) or an image (ID).
 
     Args:
         student_emb: ``[N, q, d_s]``.
@@ -182,36 +254,28 @@ def _label_embedding_terms(student_emb: Tensor, teacher_emb: Tensor, mask: Tenso
         terms: which of ``"cd"`` and ``"id"`` to compute.
     """
     n_img, q = mask.shape
-    cd_sizes, id_sizes = mask.sum(dim=0), mask.sum(dim=1)
-    # The one host sync of a call: the number of positives and of pairs in each term.
-    stats = torch.stack([id_sizes.sum(), (cd_sizes * (cd_sizes - 1) // 2).sum(), (id_sizes * (id_sizes - 1) // 2).sum()])
-    n_pos, p_cd, p_id = (int(v) for v in stats.tolist())
-    p_cd, p_id = (p_cd if "cd" in terms else 0), (p_id if "id" in terms else 0)
-    out = {name: _empty_loss(student_emb) for name in terms}
-    if p_cd + p_id == 0:
-        return out
-    rows, ranks, groups, sizes = [], [], [], []
-    if p_cd:  # sets = labels (group c), members = images (i): row i·q + c
-        label, image, rank = _members(mask.t(), n_pos)
-        rows.append(image * q + label)
-        ranks.append(rank)
-        groups.append(label)
-        sizes.append(cd_sizes)
-    if p_id:  # sets = images, members = labels; row-major, so the flat position is the row itself
-        image, label, rank = _members(mask, n_pos)
-        rows.append(image * q + label)
-        ranks.append(rank)
-        groups.append(image + (q if p_cd else 0))
-        sizes.append(id_sizes)
-    row, rank, group = torch.cat(rows), torch.cat(ranks), torch.cat(groups)
-    a, b = _pair_ends(rank, p_cd + p_id)
+    do_cd, do_id = "cd" in terms, "id" in terms
+    # Sets: CD's q labels (members: images, slots c·N + i of mask.t()), then ID's N images (members:
+    # labels, slots i·q + c of mask, i.e. the embedding rows themselves).
+    sizes = torch.cat([mask.sum(dim=0)] * do_cd + [mask.sum(dim=1)] * do_id)
+    counts = torch.stack([sizes, sizes * (sizes - 1)])
+    # The one host sync of a call: the number of members and of pairs.
+    n_members, twice_pairs = (int(v) for v in counts.sum(dim=1).tolist())
+    if twice_pairs == 0:
+        return {name: _empty_loss(student_emb) for name in terms}
+    slots = torch.cat([mask.t().reshape(-1)] * do_cd + [mask.view(-1)] * do_id)
+    member = torch.nonzero_static(slots, size=n_members).view(-1)  # set after set
+    row, group = _slot_table(n_img, q, do_cd, do_id, mask.device).index_select(1, member)
+    rank = torch.arange(n_members, device=mask.device) - (sizes.cumsum(0) - sizes).index_select(0, group)
+    ends, pair_group = _pair_rows(rank, row, group, twice_pairs // 2)
+    distinct = row[n_members // 2:] if do_cd and do_id else row  # each positive once
     per_set = _structure_from_pairs(student_emb.reshape(n_img * q, -1), teacher_emb.reshape(n_img * q, -1),
-                                    row.index_select(0, a), row.index_select(0, b), group.index_select(0, a),
-                                    torch.cat(sizes))
-    if p_cd:
+                                    distinct, ends, pair_group, counts)
+    out = {}
+    if do_cd:
         out["cd"] = per_set[:q].sum()
-    if p_id:
-        out["id"] = per_set[q:].sum() if p_cd else per_set.sum()
+    if do_id:
+        out["id"] = per_set[q * do_cd:].sum()
     return out
 
 
