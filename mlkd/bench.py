@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from mlkd.config import RunConfig, make_config
-from mlkd.engine.checkpoint import load_checkpoint
 from mlkd.engine.trainer import fit
 from mlkd.losses import create_distiller
 
@@ -18,10 +19,6 @@ log = logging.getLogger("mlkd")
 # Columns of the comparison table: (metrics.json key, heading).
 COLUMNS = [("mAP", "mAP"), ("topk_OF1", "OF1 (top-k)"), ("topk_CF1", "CF1 (top-k)"),
            ("thr_OF1", "OF1 (p≥0.5)"), ("thr_CF1", "CF1 (p≥0.5)")]
-
-
-def method_label(method: str, lambdas: dict[str, float] | None = None) -> str:
-    return method if not lambdas else method + "(" + ",".join(f"{k}={v:g}" for k, v in sorted(lambdas.items())) + ")"
 
 
 def compare(teacher: str | Path, methods: Sequence[str | tuple[str, str, dict[str, float]]], seeds: Sequence[int],
@@ -46,18 +43,25 @@ def compare(teacher: str | Path, methods: Sequence[str | tuple[str, str, dict[st
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     base = make_config(config, **overrides)
-    runs: dict[str, list[dict[str, Any]]] = {}
-    for entry in methods:
-        label, name, lambdas = (entry, entry, {}) if isinstance(entry, str) else entry
+    entries = [(e, e, {}) if isinstance(e, str) else tuple(e) for e in methods]
+    runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in entries}
+    # Methods that need more of the teacher run first, so that a shared teacher cache
+    # (--cache-teacher) is filled once with everything, not refilled for each wider need.
+    needs = {name: create_distiller(name) for _, name, _ in entries}
+    order = sorted(entries, key=lambda e: (needs[e[1]].uses_features, needs[e[1]].uses_embeddings), reverse=True)
+    for label, name, lambdas in order:
         for seed in seeds:
-            run_dir = out / label.replace("+", "_").replace("/", "_") / f"seed{seed}"
-            needs_teacher = create_distiller(name).requires_teacher
+            run_dir = out / re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_") / f"seed{seed}"
+            needs_teacher = needs[name].requires_teacher
             cfg = make_config(base, method=name, teacher=str(teacher) if needs_teacher else None, seed=seed,
                               output=str(run_dir),
                               lambdas={**base.lambdas, **lambdas},
                               resume=(run_dir / "last.pt").exists())
-            log.info("bench: %s, seed %d -> %s", label, seed, run_dir)
-            runs.setdefault(label, []).append(fit(cfg).metrics)
+            t0 = time.perf_counter()
+            metrics = fit(cfg).metrics
+            runs[label].append(metrics)
+            log.info("bench: %-10s seed %d  val mAP %.2f%%  test mAP %.2f%%  (%.0f s, %s)", label, seed,
+                     100 * metrics["best_val_mAP"], 100 * metrics["mAP"], time.perf_counter() - t0, run_dir)
     if teacher_metrics is None:
         path = Path(teacher).parent / "metrics.json"
         teacher_metrics = json.loads(path.read_text()) if path.exists() else None
@@ -158,10 +162,3 @@ def plot_ap_gain(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-def teacher_checkpoint_metrics(path: str | Path) -> dict[str, Any] | None:
-    """The test metrics recorded beside a teacher checkpoint, if any."""
-    load_checkpoint(path)  # fail early with a clear message on a bad path
-    metrics = Path(path).parent / "metrics.json"
-    return json.loads(metrics.read_text()) if metrics.exists() else None

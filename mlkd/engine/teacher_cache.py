@@ -15,21 +15,19 @@ from mlkd.outputs import ModelOutput
 class TeacherCache:
     """Teacher outputs of ``size`` samples, filled lazily batch by batch, kept in host memory.
 
-    Only the parts the distiller reads are kept (logits always; label-wise embeddings and stage
-    features on request), since embeddings and feature maps dominate the memory.
+    Only the parts the distiller reads are kept (logits always; label-wise embeddings and the
+    deepest ``feature_levels`` stage maps on request: 0 keeps none, None all), since embeddings and
+    feature maps dominate the memory.
     """
 
-    def __init__(self, size: int, keep_embeddings: bool, keep_features: bool):
+    def __init__(self, size: int, keep_embeddings: bool, feature_levels: int | None = 0):
         self.size = size
         self.keep_embeddings = keep_embeddings
-        self.keep_features = keep_features
+        self.feature_levels = feature_levels
         self.filled = torch.zeros(size, dtype=torch.bool)
         self.logits: Tensor | None = None
         self.embeddings: Tensor | None = None
         self.features: list[Tensor] | None = None
-
-    def has(self, index: Tensor) -> bool:
-        return bool(self.filled[index.cpu()].all())
 
     def nbytes(self) -> int:
         parts = [self.logits, self.embeddings, *(self.features or [])]
@@ -41,15 +39,27 @@ class TeacherCache:
             self.logits = torch.empty((self.size, *out.logits.shape[1:]), dtype=torch.float32)
             if self.keep_embeddings:
                 self.embeddings = torch.empty((self.size, *out.label_embeddings.shape[1:]), dtype=torch.float32)
-            if self.keep_features:
-                self.features = [torch.empty((self.size, *f.shape[1:]), dtype=torch.float32) for f in out.features]
+            if self.feature_levels != 0:
+                self.features = [torch.empty((self.size, *f.shape[1:]), dtype=torch.float32)
+                                 for f in self._levels(out.features)]
         self.logits[index] = out.logits.detach().float().cpu()
         if self.embeddings is not None:
             self.embeddings[index] = out.label_embeddings.detach().float().cpu()
         if self.features is not None:
-            for store, f in zip(self.features, out.features):
+            for store, f in zip(self.features, self._levels(out.features)):
                 store[index] = f.detach().float().cpu()
         self.filled[index] = True
+
+    def _levels(self, features: list[Tensor]) -> list[Tensor]:
+        return features if self.feature_levels is None else features[len(features) - self.feature_levels:]
+
+    def covers(self, keep_embeddings: bool, feature_levels: int | None) -> bool:
+        """Whether this cache holds at least the parts asked for."""
+        if keep_embeddings and not self.keep_embeddings:
+            return False
+        if self.feature_levels is None:
+            return True
+        return feature_levels is not None and feature_levels <= self.feature_levels
 
     def get(self, index: Tensor, device: torch.device) -> ModelOutput:
         index = index.cpu()
@@ -67,15 +77,17 @@ class TeacherCache:
 _POOL: dict[tuple, TeacherCache] = {}
 
 
-def shared_cache(key: tuple, size: int, keep_embeddings: bool, keep_features: bool) -> TeacherCache:
-    """The cache of ``key``, created (or widened to the parts asked for) when needed."""
+def shared_cache(key: tuple, size: int, keep_embeddings: bool, feature_levels: int | None) -> TeacherCache:
+    """The cache of ``key``, created (or widened to the parts asked for, refilled) when needed."""
     cache = _POOL.get(key)
-    if cache is not None and cache.size == size and (cache.keep_embeddings or not keep_embeddings) \
-            and (cache.keep_features or not keep_features):
+    if cache is not None and cache.size == size and cache.covers(keep_embeddings, feature_levels):
         return cache
     if cache is not None:
         keep_embeddings |= cache.keep_embeddings
-        keep_features |= cache.keep_features
+        if cache.feature_levels is None or feature_levels is None:
+            feature_levels = None
+        else:
+            feature_levels = max(feature_levels, cache.feature_levels)
     _POOL.clear()
-    _POOL[key] = TeacherCache(size, keep_embeddings, keep_features)
+    _POOL[key] = TeacherCache(size, keep_embeddings, feature_levels)
     return _POOL[key]

@@ -155,8 +155,8 @@ def _fit(cfg: RunConfig, info: ddp.DistInfo, device: torch.device) -> RunResult:
     if cfg.cache_teacher and teacher is not None:
         check_cache_allowed(cfg)
         cache = shared_cache(_cache_key(cfg, info), len(train_set),
-                             keep_embeddings=getattr(distiller, "uses_embeddings", False),
-                             keep_features=getattr(distiller, "uses_features", False))
+                             keep_embeddings=distiller.uses_embeddings,
+                             feature_levels=distiller.teacher_feature_levels if distiller.uses_features else 0)
 
     start_epoch, best_map, best_epoch = 0, -math.inf, 0
     logger = RunLogger(out_dir, tensorboard=cfg.tensorboard, resume=resume_state is not None) if info.is_main else None
@@ -271,15 +271,17 @@ def run_epoch(train_step: nn.Module, loader: DataLoader, optimizer, scheduler, s
 @torch.no_grad()
 def teacher_outputs(teacher: nn.Module | None, norm: ModelInput, images: Tensor, index: Tensor,
                     cache: TeacherCache | None, device: torch.device) -> ModelOutput | None:
-    """The frozen teacher's outputs for a batch, from the cache when every sample is in it."""
+    """The frozen teacher's outputs for a batch; with a cache, the teacher runs only on the images
+    of the batch that are not cached yet (in eval mode an image's output does not depend on its batch).
+    """
     if teacher is None:
         return None
-    if cache is not None and cache.has(index):
-        return cache.get(index, device)
-    out = teacher(norm(images))
-    if cache is not None:
-        cache.put(index, out)
-    return out
+    if cache is None:
+        return teacher(norm(images))
+    missing = (~cache.filled[index.cpu()]).nonzero().squeeze(1)
+    if len(missing):
+        cache.put(index.cpu()[missing], teacher(norm(images[missing.to(images.device)])))
+    return cache.get(index, device)
 
 
 def check_cache_allowed(cfg: RunConfig) -> None:

@@ -33,6 +33,9 @@ class Distiller(nn.Module):
     uses_features: bool = False
     uses_embeddings: bool = False
     batch_mean_terms: frozenset[str] = frozenset()
+    # How many of the teacher's deepest stage maps a feature distiller reads (None: all of them); the
+    # engine's teacher cache keeps no more than that.
+    teacher_feature_levels: int | None = None
     # Set by the engine under torchrun with --gather-embeddings: maps the local
     # (student_emb [N, q, d_s], teacher_emb [N, q, d_t], targets [N, q]) to the global batch's, so that
     # the label-wise embedding losses (CD, ID) see groups across all processes.

@@ -33,6 +33,7 @@ class _Objective(Distiller):
     """
 
     name = "vanilla"
+    teacher_feature_levels = 1  # the feature baselines here read the deepest map only (`_deepest`)
 
     def __init__(self, *, bce_weight: float = 1.0, validate: bool = True) -> None:
         super().__init__()
