@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from mlkd.config import RunConfig, make_config
 from mlkd.data import build_transforms, create_dataset

@@ -94,7 +94,7 @@ def summarise(runs: dict[str, list[dict[str, Any]]], teacher_metrics: dict[str, 
 def markdown_table(result: dict[str, Any]) -> str:
     """The comparison as a markdown table, in percent, mean ± std over seeds."""
     n = len(result.get("seeds", [])) or "?"
-    lines = [f"| method | " + " | ".join(h for _, h in COLUMNS) + " |",
+    lines = ["| method | " + " | ".join(h for _, h in COLUMNS) + " |",
              "|---" * (len(COLUMNS) + 1) + "|"]
     if result.get("teacher"):
         lines.append("| teacher | " + " | ".join(

@@ -225,6 +225,38 @@ def test_export_onnx_matches_the_checkpoint(teacher, tmp_path):
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
+def test_export_folds_the_input_normalisation(teacher, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    state = load_checkpoint(teacher / "best.pt")
+    mean, std = [0.2, 0.3, 0.4], [0.5, 0.25, 2.0]
+    state["input_norm"] = {"mean": mean, "std": std}
+    ckpt = save_checkpoint(state, tmp_path / "normed.pt")
+    path = mlkd.export(ckpt, tmp_path / "normed.onnx")
+    model, _ = mlkd.engine.checkpoint.model_from_checkpoint(ckpt)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model((x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)).logits
+    session = ort.InferenceSession(str(path))
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_teacher_sees_its_own_resolution_and_normalisation(teacher, tmp_path):
+    import torch.nn.functional as F
+
+    from mlkd.engine.trainer import load_teacher
+
+    state = load_checkpoint(teacher / "best.pt")
+    state["config"]["img_size"] = 48
+    state["input_norm"] = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+    ckpt = save_checkpoint(state, tmp_path / "t48.pt")
+    model, prep = load_teacher(str(ckpt), state["classes"], torch.device("cpu"))
+    assert not any(p.requires_grad for p in model.parameters()) and not model.training
+    x = torch.rand(2, 3, 32, 32)
+    want = (F.interpolate(x, size=(48, 48), mode="bilinear", align_corners=False, antialias=True) - 0.5) / 0.25
+    torch.testing.assert_close(prep(x), want)
+
+
 def test_output_folder_is_not_overwritten(teacher, data_root, capsys):
     assert main(["train", *cli_args(data_root, teacher)]) == 2
     assert "--resume" in capsys.readouterr().err

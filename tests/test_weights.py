@@ -13,7 +13,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from skimage import data
 
-from mlkd.models import create_model, load_efficientnet_lite, load_weights
+from mlkd.models import create_model, load_efficientnet_lite
 from mlkd.models.weights import packaged_state_dict
 
 SMALL_HEAD = dict(embed_dim=32, num_heads=4, ffn_dim=64)
