@@ -11,6 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from mlkd.config import RunConfig, make_config
+from mlkd.engine import distributed as ddp
 from mlkd.engine.trainer import fit
 from mlkd.losses import create_distiller
 
@@ -41,8 +42,21 @@ def compare(teacher: str | Path, methods: Sequence[str | tuple[str, str, dict[st
         The comparison as written to ``comparison.json``.
     """
     out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
     base = make_config(config, **overrides)
+    # Under torchrun, one process group serves every run of the comparison.
+    owns_group = not ddp.current_info().enabled
+    info, _ = ddp.init_distributed(base.device)
+    try:
+        result = _compare(teacher, methods, seeds, base, out, teacher_metrics, info)
+    finally:
+        if owns_group:
+            ddp.shutdown_distributed()
+    return result
+
+
+def _compare(teacher, methods, seeds, base: RunConfig, out: Path, teacher_metrics, info: ddp.DistInfo) -> dict[str, Any]:
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
     entries = [(e, e, {}) if isinstance(e, str) else tuple(e) for e in methods]
     runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in entries}
     # Methods that need more of the teacher run first, so that a shared teacher cache
@@ -56,7 +70,7 @@ def compare(teacher: str | Path, methods: Sequence[str | tuple[str, str, dict[st
             cfg = make_config(base, method=name, teacher=str(teacher) if needs_teacher else None, seed=seed,
                               output=str(run_dir),
                               lambdas={**base.lambdas, **lambdas},
-                              resume=(run_dir / "last.pt").exists())
+                              resume=ddp.broadcast_object((run_dir / "last.pt").exists()))
             t0 = time.perf_counter()
             metrics = fit(cfg).metrics
             runs[label].append(metrics)
@@ -69,6 +83,8 @@ def compare(teacher: str | Path, methods: Sequence[str | tuple[str, str, dict[st
     result["teacher_checkpoint"] = str(teacher)
     result["seeds"] = list(seeds)
     result["student"] = base.model
+    if not info.is_main:
+        return result
     (out / "comparison.json").write_text(json.dumps(result, indent=2))
     (out / "comparison.md").write_text(markdown_table(result))
     plot_comparison(result, out / "comparison_map.png")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import logging
 import sys
 from pathlib import Path
@@ -201,7 +202,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         result = compare(teacher, methods, seeds, config=make_config(config, **values), output=output)
         from mlkd.bench import markdown_table
 
-        print(markdown_table(result))
+        if _is_rank0():
+            print(markdown_table(result))
         return 0
     if args.command == "demo":
         from mlkd.demo import run_demo
@@ -225,12 +227,18 @@ def _int_list(text: str, flag: str) -> list[int]:
     return values
 
 
+def _is_rank0() -> bool:
+    """Under torchrun only the first process prints results."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def _print_metrics(metrics: dict[str, Any], title: str) -> None:
+    if not _is_rank0():
+        return
     print(title)
     for key, value in metrics.items():
         if isinstance(value, float):
             print(f"  {key:>14}: {100 * value:6.2f}" if key.startswith(("mAP", "topk_", "thr_")) else f"  {key:>14}: {value}")
-    return None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -161,3 +161,26 @@ def test_torchrun_two_processes_write_the_same_outputs(tmp_path):
     assert metrics["num_images"] == json.loads((single / "metrics.json").read_text())["num_images"]
     log = [json.loads(line) for line in (multi / "log.jsonl").read_text().splitlines()]
     assert len(log) == 1
+
+
+@pytest.mark.slow
+def test_torchrun_bench_runs_every_job_in_one_process_group(tmp_path):
+    root = write_fashion_like(tmp_path / "data", n_train=200, n_test=60)
+    common = ["--dataset", "fashion_mosaic", "--data-root", str(root), "--dataset-option", "num_mosaics=64",
+              "--img-size", "32", "--batch-size", "8", "--epochs", "1", "--model", "tiny_cnn",
+              "--model-option", "embed_dim=16", "--model-option", "num_heads=2", "--model-option", "ffn_dim=32",
+              "--no-augment", "--device", "cpu", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    teacher = tmp_path / "teacher"
+    r = subprocess.run([sys.executable, "-m", "mlkd", "train", *common, "--output", str(teacher)], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "bench"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "-m", "mlkd", "bench", "--teacher", str(teacher / "best.pt"), "--methods", "vanilla,l2d",
+                        "--seeds", "0,1", *common, "--output", str(out)], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads((out / "comparison.json").read_text())
+    assert {k: len(v["mAP"]["values"]) for k, v in result["methods"].items()} == {"vanilla": 2, "l2d": 2}
+    assert r.stdout.count("| method |") == 1  # only rank 0 prints the table

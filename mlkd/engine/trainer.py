@@ -81,11 +81,15 @@ def fit(cfg: RunConfig) -> RunResult:
     validation mAP), ``log.csv``/``log.jsonl`` (and TensorBoard events), ``learning_curve.png`` and
     ``metrics.json`` with the test metrics of ``best.pt``.
     """
+    # A caller that runs several jobs in one torchrun launch (mlkd bench) keeps its process group
+    # for all of them: a process group cannot be created again once destroyed under torchrun.
+    owns_group = not ddp.current_info().enabled
     info, device = ddp.init_distributed(cfg.device)
     try:
         return _fit(cfg, info, device)
     finally:
-        ddp.shutdown_distributed()
+        if owns_group:
+            ddp.shutdown_distributed()
 
 
 def _fit(cfg: RunConfig, info: ddp.DistInfo, device: torch.device) -> RunResult:
