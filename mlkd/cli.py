@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("distill", help="train a student under a teacher with a distillation method")
     _add_run_options(p)
     p.add_argument("--method", help=f"distiller: {METHOD_HELP}")
-    _add_distill_options(p)
+    _add_distill_options(p, teacher_required=False)  # 'vanilla' needs none; the engine checks the others
 
     p = sub.add_parser("eval", help="evaluate a checkpoint; prints and writes the metrics")
     p.add_argument("--checkpoint", required=True)
