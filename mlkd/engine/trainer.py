@@ -69,7 +69,7 @@ class TrainStep(nn.Module):
         out: LossOutput = self.distiller(student_out, teacher_out, targets)
         if self.world_size == 1:
             return out.total, out.terms
-        mean_terms = getattr(self.distiller, "batch_mean_terms", frozenset())
+        mean_terms = self.distiller.batch_mean_terms
         total = sum(t if name in mean_terms else t * self.world_size for name, t in out.terms.items())
         return total, out.terms
 
@@ -105,7 +105,7 @@ def _fit(cfg: RunConfig, info: ddp.DistInfo, device: torch.device) -> RunResult:
     # Models.
     distiller = create_distiller(cfg.method, **{f"lambda_{k}": v for k, v in cfg.lambdas.items()}, **cfg.method_options)
     if cfg.gather_embeddings:
-        if not getattr(distiller, "uses_embeddings", False):
+        if not distiller.uses_embeddings:
             raise ValueError(f"--gather-embeddings applies to the label-wise embedding losses (l2d, led, cd, id), "
                              f"not to {cfg.method!r}; drop the flag")
         if info.enabled:
@@ -113,7 +113,7 @@ def _fit(cfg: RunConfig, info: ddp.DistInfo, device: torch.device) -> RunResult:
         else:
             log.info("--gather-embeddings has no effect in a single process")
     teacher, teacher_input = None, ModelInput()
-    if getattr(distiller, "requires_teacher", True):
+    if distiller.requires_teacher:
         teacher, teacher_input = load_teacher(cfg.teacher, classes, device)
     elif cfg.teacher:
         log.warning("method %r uses no teacher; ignoring --teacher %s", cfg.method, cfg.teacher)
@@ -176,7 +176,7 @@ def _fit(cfg: RunConfig, info: ddp.DistInfo, device: torch.device) -> RunResult:
             logger.truncate(start_epoch)
         log.info("resumed %s after epoch %d", out_dir, start_epoch)
 
-    common = {"model_args": student.model_args if hasattr(student, "model_args") else None,
+    common = {"model_args": student.model_args,
               "classes": classes, "config": cfg.to_dict(), "input_norm": student_input.stats}
     show = info.is_main and not cfg.quiet
     for epoch in range(start_epoch, cfg.epochs):
