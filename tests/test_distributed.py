@@ -136,24 +136,34 @@ def test_sharded_sampler_gives_every_index_once():
     assert seen == list(range(10))
 
 
-@pytest.mark.slow
-def test_torchrun_two_processes_write_the_same_outputs(tmp_path):
-    root = write_fashion_like(tmp_path / "data", n_train=200, n_test=60)
+def _run(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def cli_setup(tmp_path_factory):
+    """Tiny CLI flags on a synthetic data set, and a teacher trained once for the torchrun tests."""
+    tmp = tmp_path_factory.mktemp("torchrun")
+    root = write_fashion_like(tmp / "data", n_train=200, n_test=60)
     common = ["--dataset", "fashion_mosaic", "--data-root", str(root), "--dataset-option", "num_mosaics=64",
               "--img-size", "32", "--batch-size", "8", "--epochs", "1", "--model", "tiny_cnn",
               "--model-option", "embed_dim=16", "--model-option", "num_heads=2", "--model-option", "ffn_dim=32",
               "--no-augment", "--device", "cpu", "--quiet"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = lambda *args: subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)  # noqa: E731
-    teacher = tmp_path / "teacher"
-    r = run(sys.executable, "-m", "mlkd", "train", *common, "--output", str(teacher))
+    r = _run(sys.executable, "-m", "mlkd", "train", *common, "--output", str(tmp / "teacher"))
     assert r.returncode == 0, r.stderr
+    return common, tmp / "teacher" / "best.pt"
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_write_the_same_outputs(tmp_path, cli_setup):
+    common, teacher = cli_setup
     single, multi = tmp_path / "single", tmp_path / "multi"
-    distill = ["distill", "--teacher", str(teacher / "best.pt"), "--method", "l2d", *common]
-    r = run(sys.executable, "-m", "mlkd", *distill, "--output", str(single))
+    distill = ["distill", "--teacher", str(teacher), "--method", "l2d", *common]
+    r = _run(sys.executable, "-m", "mlkd", *distill, "--output", str(single))
     assert r.returncode == 0, r.stderr
-    r = run(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "mlkd",
-            *distill, "--gather-embeddings", "--output", str(multi))
+    r = _run(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "mlkd",
+             *distill, "--gather-embeddings", "--output", str(multi))
     assert r.returncode == 0, r.stderr[-3000:]
     names = lambda d: sorted(p.name for p in Path(d).iterdir())  # noqa: E731
     assert names(multi) == names(single)
@@ -164,22 +174,12 @@ def test_torchrun_two_processes_write_the_same_outputs(tmp_path):
 
 
 @pytest.mark.slow
-def test_torchrun_bench_runs_every_job_in_one_process_group(tmp_path):
-    root = write_fashion_like(tmp_path / "data", n_train=200, n_test=60)
-    common = ["--dataset", "fashion_mosaic", "--data-root", str(root), "--dataset-option", "num_mosaics=64",
-              "--img-size", "32", "--batch-size", "8", "--epochs", "1", "--model", "tiny_cnn",
-              "--model-option", "embed_dim=16", "--model-option", "num_heads=2", "--model-option", "ffn_dim=32",
-              "--no-augment", "--device", "cpu", "--quiet"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    teacher = tmp_path / "teacher"
-    r = subprocess.run([sys.executable, "-m", "mlkd", "train", *common, "--output", str(teacher)], env=env,
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
+def test_torchrun_bench_runs_every_job_in_one_process_group(tmp_path, cli_setup):
+    common, teacher = cli_setup
     out = tmp_path / "bench"
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        "-m", "mlkd", "bench", "--teacher", str(teacher / "best.pt"), "--methods", "vanilla,l2d",
-                        "--seeds", "0,1", *common, "--output", str(out)], env=env, capture_output=True, text=True,
-                       timeout=300)
+    r = _run(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "mlkd",
+             "bench", "--teacher", str(teacher), "--methods", "vanilla,l2d", "--seeds", "0,1", *common,
+             "--output", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads((out / "comparison.json").read_text())
     assert {k: len(v["mAP"]["values"]) for k, v in result["methods"].items()} == {"vanilla": 2, "l2d": 2}
