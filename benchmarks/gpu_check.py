@@ -1,15 +1,22 @@
-"""CUDA checks and GPU timings, in one short run on a machine with an NVIDIA GPU.
+"""CUDA checks and GPU timings, in one short run (under 10 minutes) on a machine with an NVIDIA GPU.
 
-    python benchmarks/gpu_check.py --out DIR        # writes DIR/gpu_check.json and DIR/gpu_check.md
+    python benchmarks/gpu_check.py --out "$OUT"     # writes $OUT/gpu_check.json (after every part)
+    python benchmarks/gpu_check.py --dry-run --out /tmp/g   # CPU only: runs the parts' logic, small shapes
 
-1. The L2D objective on CUDA in float32 and under autocast (bf16, fp16): finite float32 values and
-   gradients, close to float32.
-2. The vectorised MLD+CD+ID against the loop reference on the GPU (forward + backward), at the
-   MS-COCO-like and 1,000-label shapes.
-3. Distillation-step throughput at 224 px, ResNet-101 teacher -> ResNet-34 student, batch 64, bf16
+1. The final CD/ID (hand-written backward, ``nonzero_static``) on CUDA: values and gradients against
+   CPU float64, in float32 and with half-precision inputs under bf16/fp16 autocast, at the MS-COCO-like
+   shape and at 1,000 labels.
+2. The L2D objective on CUDA under autocast (bf16, fp16): finite float32 values and gradients.
+3. MLD+CD+ID and the official objective's loops, forward + backward with fresh tensors, CUDA events.
+4. ``torch.compile`` of a student and of `L2DLoss`: one forward + backward + step, or the error.
+5. Distillation-step throughput at 224 px, ResNet-101 teacher -> ResNet-34 student, batch 64, bf16
    autocast: teacher forward alone, a vanilla student step, an L2D student step with the teacher.
-4. `mlkd train` and `mlkd distill --amp` (bf16 and fp16) end to end on CUDA with tiny models,
+6. `mlkd train` and `mlkd distill --amp` (bf16 and fp16) end to end on CUDA with tiny models,
    `--resume`, and a one-process torchrun job on NCCL.
+
+``--dry-run`` runs parts 1-4 on the CPU with small shapes (1: float64 against float64; 4 skipped: CPU
+compilation takes minutes) so that the script's own logic is checked without a GPU; its numbers are not
+GPU numbers.
 """
 from __future__ import annotations
 
@@ -31,7 +38,7 @@ from loss_speed import make_inputs  # noqa: E402
 from reference_losses import cd_ref, id_ref, mld_ref  # noqa: E402
 from synthetic import write_fashion_like  # noqa: E402
 
-from mlkd.losses import L2DLoss, led_loss, mld_loss  # noqa: E402
+from mlkd.losses import L2DLoss, cd_loss, id_loss  # noqa: E402
 from mlkd.models import create_model  # noqa: E402
 from mlkd.outputs import ModelOutput  # noqa: E402
 
@@ -50,6 +57,63 @@ def cuda_ms(fn, repeats: int = 20, warmup: int = 5) -> float:
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end))
     return sorted(times)[len(times) // 2]
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Relative L2 difference of ``a`` from the float64 reference ``b`` (both moved to the CPU)."""
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    return float((a - b).norm() / b.norm().clamp_min(1e-300))
+
+
+def check_cd_id(dev: torch.device, shapes: list[tuple[str, int, int, int, float]]) -> list[dict]:
+    """CD and ID (values, gradients) on ``dev`` against the CPU in float64, plus half precision."""
+    rows = []
+    for label, n, q, d, k in shapes:
+        _, _, es, et, y = make_inputs(n, q, d, k)
+        ref_e = es.detach().double().requires_grad_(True)
+        ref = {"cd": cd_loss(ref_e, et.double(), y), "id": id_loss(ref_e, et.double(), y)}
+        (100 * ref["cd"] + 1000 * ref["id"]).backward()
+        cases = [("float32", torch.float32, None), ("float64", torch.float64, None),
+                 ("bf16 autocast", torch.bfloat16, torch.bfloat16), ("fp16 autocast", torch.float16, torch.float16)]
+        for name, dtype, amp in cases:
+            if dev.type == "cpu" and dtype == torch.float16:
+                continue
+            s = es.detach().to(dev, dtype).requires_grad_(True)
+            t, yy = et.to(dev, dtype), y.to(dev)
+            with torch.autocast(dev.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+                cd, id_ = cd_loss(s, t, yy), id_loss(s, t, yy)
+            (100 * cd + 1000 * id_).backward()
+            rows.append({"shape": label, "inputs": name, "loss_dtype": str(cd.dtype),
+                         "cd_rel": rel(cd, ref["cd"]), "id_rel": rel(id_, ref["id"]),
+                         "grad_rel": rel(s.grad, ref_e.grad), "grad_finite": bool(torch.isfinite(s.grad).all()),
+                         "grad_zero_on_negatives": bool((s.grad[~y.bool().to(dev)] == 0).all())})
+    return rows
+
+
+def check_compile(dev: torch.device) -> dict:
+    """``torch.compile`` of a ResNet-34 student and of `L2DLoss`: one training step, or the error."""
+    out = {}
+    torch.manual_seed(0)
+    student = create_model("resnet34", 80).to(dev).train()
+    opt = torch.optim.Adam(student.parameters(), lr=1e-4)
+    x = torch.rand(16, 3, 224, 224, device=dev)
+    y = (torch.rand(16, 80, device=dev) < 3 / 80).float()
+    t_out = ModelOutput(torch.randn(16, 80, device=dev), torch.randn(16, 80, 768, device=dev))
+    eager = L2DLoss()(student(x), t_out, y).total.item()
+    for name, model, loss in [("student", torch.compile(student), L2DLoss()),
+                              ("student + L2DLoss", torch.compile(student), torch.compile(L2DLoss()))]:
+        t0 = time.perf_counter()
+        try:
+            with torch.autocast(dev.type, dtype=torch.bfloat16):
+                total = loss(model(x), t_out, y).total
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            out[name] = {"ok": True, "seconds": round(time.perf_counter() - t0, 1), "total": total.item(),
+                         "eager_float32_total": eager}
+        except Exception as err:  # the point of this check is to report the failure clearly
+            out[name] = {"ok": False, "seconds": round(time.perf_counter() - t0, 1),
+                         "error": f"{type(err).__name__}: {str(err)[:800]}"}
+    return out
 
 
 def check_autocast(dev: torch.device) -> dict:
@@ -74,23 +138,43 @@ def check_autocast(dev: torch.device) -> dict:
     return out
 
 
-def loss_speed(dev: torch.device) -> list[dict]:
+def loss_speed(dev: torch.device, shapes: list[tuple[str, int, int, int, float]], timer) -> list[dict]:
+    """MLD+CD+ID (vectorised) and the official objective's loops, fresh tensors each call."""
     rows = []
-    for label, n, q, d, k in [("MS-COCO-like", 64, 80, 768, 3.0), ("1,000 labels", 32, 1000, 768, 5.0)]:
-        zs, zt, es, et, y = (t.to(dev) for t in make_inputs(n, q, d, k))
-        zs, es = zs.detach().requires_grad_(True), es.detach().requires_grad_(True)
+    for label, n, q, d, k in shapes:
+        pool = [tuple(t.detach().to(dev) for t in make_inputs(n, q, d, k, seed)) for seed in range(3)]
+        it = iter(range(10 ** 9))
+
+        def fresh():
+            zs, zt, es, et, y = pool[next(it) % len(pool)]
+            return zs.detach().requires_grad_(True), zt, es.detach().requires_grad_(True), et, y
 
         def vec():
-            (10 * mld_loss(zs, zt, validate=False) + led_loss(es, et, y, validate=False)).backward()
+            zs, zt, es, et, y = fresh()
+            L2DLoss()(ModelOutput(zs, es), ModelOutput(zt, et), y).total.backward()
 
         def loop():
-            (10 * mld_ref(zs, zt) + 100 * cd_ref(es, et, y) + 1000 * id_ref(es, et, y)).backward()
+            zs, zt, es, et, y = fresh()
+            (torch.nn.functional.binary_cross_entropy_with_logits(zs, y, reduction="sum") + 10 * mld_ref(zs, zt)
+             + 100 * cd_ref(es, et, y, fast=True) + 1000 * id_ref(es, et, y, fast=True)).backward()
 
-        t_vec = cuda_ms(vec)
-        t_loop = cuda_ms(loop, repeats=3, warmup=1)
-        rows.append({"shape": label, "N": n, "q": q, "d": d, "vectorised_ms": t_vec, "loop_ms": t_loop,
+        t_vec = timer(vec, 20, 5)
+        t_loop = timer(loop, 3, 1)
+        rows.append({"shape": label, "N": n, "q": q, "d": d, "l2dloss_ms": t_vec, "official_loop_ms": t_loop,
                      "speedup": t_loop / t_vec})
     return rows
+
+
+def cpu_ms(fn, repeats: int = 20, warmup: int = 5) -> float:
+    """Median milliseconds of ``fn`` on the CPU (the dry run)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return sorted(times)[len(times) // 2]
 
 
 def step_throughput(dev: torch.device) -> dict:
@@ -164,23 +248,46 @@ def end_to_end(out: Path) -> dict:
     return results
 
 
+COCO, LABELS_1000 = ("MS-COCO-like", 64, 80, 768, 3.0), ("1,000 labels", 32, 1000, 768, 5.0)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--out", default="gpu_check_out")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=os.environ.get("OUT", "gpu_check_out"))
+    parser.add_argument("--dry-run", action="store_true", help="CPU only, small shapes, no compile/e2e parts")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    dev = torch.device("cuda")
-    report = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__}
-    for name, fn in [("autocast", lambda: check_autocast(dev)), ("loss_speed", lambda: loss_speed(dev)),
-                     ("step_throughput", lambda: step_throughput(dev)), ("end_to_end", lambda: end_to_end(out))]:
+    if args.dry_run:
+        dev = torch.device("cpu")
+        small = [("small", 8, 12, 16, 3.0)]
+        parts = [("cd_id", lambda: check_cd_id(dev, small)),
+                 ("loss_speed", lambda: loss_speed(dev, small, cpu_ms))]
+        report = {"device": "cpu (dry run: not GPU numbers)", "torch": torch.__version__}
+    else:
+        if not torch.cuda.is_available():
+            raise SystemExit("no CUDA device: run with --dry-run to check the script on the CPU")
+        dev = torch.device("cuda")
+        parts = [("cd_id", lambda: check_cd_id(dev, [COCO, LABELS_1000])),
+                 ("autocast", lambda: check_autocast(dev)),
+                 ("loss_speed", lambda: loss_speed(dev, [COCO, LABELS_1000], cuda_ms)),
+                 ("compile", lambda: check_compile(dev)),
+                 ("step_throughput", lambda: step_throughput(dev)),
+                 ("end_to_end", lambda: end_to_end(out))]
+        report = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__}
+    failed = False
+    for name, fn in parts:
         t0 = time.perf_counter()
         try:
             report[name] = fn()
         except Exception as err:  # report every part even when one fails
             report[name] = {"error": f"{type(err).__name__}: {err}"}
+            failed = True
+        report.setdefault("seconds", {})[name] = round(time.perf_counter() - t0, 1)
         print(f"{name}: {time.perf_counter() - t0:.1f}s", json.dumps(report[name], indent=1)[:3000], flush=True)
         (out / "gpu_check.json").write_text(json.dumps(report, indent=2))
+    if failed:
+        raise SystemExit("some parts failed; see gpu_check.json")
 
 
 if __name__ == "__main__":

@@ -26,19 +26,23 @@ import torch
 import torch.nn.functional as F
 
 N, D, C_IN, TOKENS = 8, 768, 512, 49
-LABELS = (80, 1000, 9600)
+# (q, chunk_labels): None is the head's default (chunks of 256 labels above 2048 labels, else one
+# chunk = q, the unchunked layer); the others force a chunking for comparison.
+CONFIGS = ((80, None), (1000, None), (1000, 256), (9600, None), (9600, 9600))
 
 
 def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def measure(q: int, repeats: int) -> dict:
-    """Time and peak memory of one configuration, in this process."""
+def measure(q: int, repeats: int, chunk: int | None) -> dict:
+    """Time and peak memory of one configuration, in this process (``chunk``: the head's
+    ``chunk_labels``; None for its default)."""
     from mlkd.models.head import LabelWiseHead
 
     torch.manual_seed(0)
-    head = LabelWiseHead(C_IN, q, embed_dim=D, num_heads=8, ffn_dim=2048, dropout=0.1)
+    extra = {} if chunk is None else {"chunk_labels": chunk}
+    head = LabelWiseHead(C_IN, q, embed_dim=D, num_heads=8, ffn_dim=2048, dropout=0.1, **extra)
     tokens = torch.randn(N, TOKENS, C_IN)
     targets = torch.randint(0, 2, (N, q)).float()
     base = _rss_mib()
@@ -65,7 +69,7 @@ def measure(q: int, repeats: int) -> dict:
             head(tokens)
             infer.append(time.perf_counter() - t0)
     return {
-        "q": q, "params_m": sum(p.numel() for p in head.parameters()) / 1e6,
+        "q": q, "chunk": head.chunk_labels, "params_m": sum(p.numel() for p in head.parameters()) / 1e6,
         "train_s": statistics.median(train), "infer_s": statistics.median(infer),
         "base_mib": base, "peak_mib": peak_train, "repeats": repeats,
     }
@@ -74,24 +78,29 @@ def measure(q: int, repeats: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--one", type=int, help="internal: measure one q in this process, print JSON")
+    parser.add_argument("--chunk", type=int, default=None, help="internal: chunk_labels of --one")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     args = parser.parse_args()
     if args.one is not None:
-        print(json.dumps(measure(args.one, args.repeats)))
+        print(json.dumps(measure(args.one, args.repeats, args.chunk)))
         return
 
     from _report import machine_line, write_section  # benchmarks/ is on sys.path when run by path
 
     load_before = os.getloadavg()[0]
     rows = []
-    for q in LABELS:
-        out = subprocess.run([sys.executable, __file__, "--one", str(q), "--repeats", str(args.repeats)],
+    for q, chunk in CONFIGS:
+        cmd = [sys.executable, __file__, "--one", str(q), "--repeats", str(args.repeats)]
+        out = subprocess.run(cmd + ([] if chunk is None else ["--chunk", str(chunk)]),
                              check=True, capture_output=True, text=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append(r)
         print(r, file=sys.stderr)
     emb_mib = {r["q"]: N * r["q"] * D * 4 / 2**20 for r in rows}
+    chunk_note = ("*chunk* is the head's `chunk_labels`: with more labels than that, the decoder layer runs "
+                  "label chunk by label chunk and recomputes each chunk in backward (activation "
+                  "checkpointing); a chunk equal to q is the unchunked layer.")
     lines = [
         "## Label-wise head: time and memory vs number of labels",
         "",
@@ -100,13 +109,14 @@ def main() -> None:
         "warm-up; *train* = forward + BCE + backward, *inference* = eval-mode forward without autograd. "
         "Memory is the process's peak resident set (`ru_maxrss`) in a fresh subprocess per row, and its "
         "growth over the RSS measured just before the first forward (interpreter, torch, head and "
-        "inputs loaded); for scale, one `[N, q, d]` float32 tensor is listed too.",
+        "inputs loaded); for scale, one `[N, q, d]` float32 tensor is listed too. " + chunk_note,
         "",
-        "| q | head params (M) | train step (s) | inference (s) | peak RSS (MiB) | growth (MiB) | one [N,q,d] (MiB) |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| q | chunk | head params (M) | train step (s) | inference (s) | peak RSS (MiB) | growth (MiB) "
+        "| one [N,q,d] (MiB) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(f"| {r['q']} | {r['params_m']:.2f} | {r['train_s']:.3f} | {r['infer_s']:.3f} | "
+        lines.append(f"| {r['q']} | {r['chunk']} | {r['params_m']:.2f} | {r['train_s']:.3f} | {r['infer_s']:.3f} | "
                      f"{r['peak_mib']:.0f} | {r['peak_mib'] - r['base_mib']:.0f} | {emb_mib[r['q']]:.0f} |")
     # Other processes share the CPU on a busy machine; the 1-minute load average tells a reader how much.
     lines += ["", machine_line(),

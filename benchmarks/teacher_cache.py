@@ -87,8 +87,9 @@ def main() -> None:
         lines.append(f"| {e}{' (fills the cache)' if e == 1 else ''} | {a:.2f} | {b:.2f} | {a / b:.1f}× |")
     lines += ["", f"The teacher's forward pass alone over one epoch's batches: {teacher_epoch:.2f} s, "
                   f"{100 * teacher_epoch / plain[-1]:.0f} % of an uncached epoch.",
-              "The cache is refused when random augmentation is on (a cached output would be stale), and "
-              "`mlkd bench`/`mlkd demo` share one cache across all students of the same teacher and data.",
+              "Without augmentation each image has one view; with it the cache holds K fixed augmented views "
+              "per image (see the section `teacher_views` below), and `mlkd bench`/`mlkd demo` share one cache "
+              "across all students of the same teacher and data.",
               "", machine_line()]
     text = "\n".join(lines)
     print(text)

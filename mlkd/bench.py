@@ -1,9 +1,16 @@
-"""Method comparison: several distillers over several seeds on one teacher, with a table and plots."""
+"""Method comparison: several distillers over several seeds on one teacher, with a table, statistics and plots.
+
+Each method's gain over the vanilla student is paired by seed (the two students of a seed share their
+initialisation and batch order) and comes with 95 % confidence intervals from `mlkd.stats`: a Student t
+interval over the seeds' differences, and paired bootstraps over the test images (per seed pair, and
+pooled over seeds). A gain is called significant only when its main interval excludes 0.
+"""
 from __future__ import annotations
 
 import json
 import logging
 import re
+import textwrap
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -12,14 +19,26 @@ import numpy as np
 
 from mlkd.config import RunConfig, make_config
 from mlkd.engine import distributed as ddp
+from mlkd.engine.evaluate import load_scores
+from mlkd.engine.threads import set_threads
 from mlkd.engine.trainer import fit
+from mlkd.files import atomic_write, atomic_write_text
 from mlkd.losses import create_distiller
+from mlkd.models.cost import run_costs
+from mlkd.stats import Interval, bootstrap_counts, bootstrap_map, percentile_interval, t_interval
 
 log = logging.getLogger("mlkd")
 
 # Columns of the comparison table: (metrics.json key, heading).
 COLUMNS = [("mAP", "mAP"), ("topk_OF1", "OF1 (top-k)"), ("topk_CF1", "CF1 (top-k)"),
            ("thr_OF1", "OF1 (p≥0.5)"), ("thr_CF1", "CF1 (p≥0.5)")]
+# The paired statistics: coverage of every interval, and the test-image bootstrap's size and seed
+# (fixed, so that a rerun of a comparison reports the same intervals).
+CONFIDENCE = 0.95
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
+# The method every gain is measured against.
+REFERENCE = "vanilla"
 
 
 def compare(teacher: str | Path, methods: Sequence[str | tuple[str, str, dict[str, float]]], seeds: Sequence[int],
@@ -30,19 +49,28 @@ def compare(teacher: str | Path, methods: Sequence[str | tuple[str, str, dict[st
     Args:
         teacher: the teacher checkpoint (``best.pt``).
         methods: distiller names, or ``(label, name, lambdas)`` triples for variants such as ablations
-            (e.g. ``("MLD+CD", "l2d", {"id": 0})``).
-        seeds: the seeds each method runs with; mean ± std are taken over them.
+            (e.g. ``("MLD+CD", "l2d", {"id": 0})``). Gains are reported when one of them is the
+            ``vanilla`` method (the student trained without a teacher).
+        seeds: the seeds each method runs with; mean ± std and the paired gains are taken over them.
         config: the students' base configuration; ``**overrides`` as in `mlkd.distill`.
         teacher_metrics: the teacher's test metrics; read from ``metrics.json`` beside it when omitted.
 
     Writes into ``output``: one folder per run, ``comparison.md``, ``comparison.json``,
-    ``comparison_map.png`` (mAP per method) and ``ap_gain_per_label.png`` (gain over ``vanilla``).
+    ``comparison_map.png`` (mAP per method and gain over vanilla with its interval) and
+    ``ap_gain_per_label.png`` (per-label gain over vanilla, spread over seeds).
 
     Returns:
         The comparison as written to ``comparison.json``.
     """
+    seeds = [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct and at least one, e.g. 0,1,2,3,4; got {seeds}")
     out = Path(output)
     base = make_config(config, **overrides)
+    if base.threads is None:
+        # One thread count for every run, chosen once and recorded: results depend on it in the last
+        # bits, and Adam turns those into different trajectories (a per-run automatic choice would not pair).
+        base = make_config(base, threads=set_threads(None).threads)
     # Under torchrun, one process group serves every run of the comparison.
     owns_group = not ddp.current_info().enabled
     info, _ = ddp.init_distributed(base.device)
@@ -54,11 +82,16 @@ def compare(teacher: str | Path, methods: Sequence[str | tuple[str, str, dict[st
     return result
 
 
-def _compare(teacher, methods, seeds, base: RunConfig, out: Path, teacher_metrics, info: ddp.DistInfo) -> dict[str, Any]:
+def _compare(teacher, methods, seeds: list[int], base: RunConfig, out: Path, teacher_metrics,
+             info: ddp.DistInfo) -> dict[str, Any]:
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
     entries = [(e, e, {}) if isinstance(e, str) else tuple(e) for e in methods]
-    runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in entries}
+    labels = [label for label, _, _ in entries]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"method labels must be distinct; got {labels}")
+    runs: dict[str, list[dict[str, Any]]] = {label: [] for label in labels}
+    folders: dict[str, list[Path]] = {label: [] for label in labels}
     # Methods that need more of the teacher run first, so that a shared teacher cache
     # (--cache-teacher) is filled once with everything, not refilled for each wider need.
     needs = {name: create_distiller(name) for _, name, _ in entries}
@@ -74,6 +107,7 @@ def _compare(teacher, methods, seeds, base: RunConfig, out: Path, teacher_metric
             t0 = time.perf_counter()
             metrics = fit(cfg).metrics
             runs[label].append(metrics)
+            folders[label].append(run_dir)
             log.info("bench: %-10s seed %d  val mAP %.2f%%  test mAP %.2f%%  (%.0f s, %s)", label, seed,
                      100 * metrics["best_val_mAP"], 100 * metrics["mAP"], time.perf_counter() - t0, run_dir)
     if teacher_metrics is None:
@@ -83,98 +117,238 @@ def _compare(teacher, methods, seeds, base: RunConfig, out: Path, teacher_metric
     result["teacher_checkpoint"] = str(teacher)
     result["seeds"] = list(seeds)
     result["student"] = base.model
+    result["threads"] = base.threads
+    result["cost"] = run_costs(runs)  # parameters and MACs of the student and the teacher (mlkd.models.cost)
     if not info.is_main:
         return result
-    (out / "comparison.json").write_text(json.dumps(result, indent=2))
-    (out / "comparison.md").write_text(markdown_table(result))
+    reference = next((label for label, name, _ in entries if name == REFERENCE), None)
+    scores = None
+    if reference is not None:
+        scores = {label: [load_scores(d / "test_scores.npz") for d in dirs] for label, dirs in folders.items()}
+    result["gains"] = paired_gains(runs, scores, seeds, reference)
+    atomic_write_text(out / "comparison.json", json.dumps(result, indent=2))
+    atomic_write_text(out / "comparison.md", markdown_table(result))
     plot_comparison(result, out / "comparison_map.png")
-    if "vanilla" in runs:
-        plot_ap_gain(runs, out / "ap_gain_per_label.png")
+    if reference is not None:
+        plot_ap_gain(runs, out / "ap_gain_per_label.png", reference)
     return result
 
 
 def summarise(runs: dict[str, list[dict[str, Any]]], teacher_metrics: dict[str, Any] | None) -> dict[str, Any]:
-    """Mean and sample standard deviation over seeds of every table column, per method."""
+    """Mean and sample standard deviation over seeds of every table column, per method (std None for one seed)."""
     methods = {}
     for label, metrics in runs.items():
         stats = {}
         for key, _ in COLUMNS:
             values = np.array([m[key] for m in metrics], dtype=float)
             stats[key] = {"values": values.tolist(), "mean": float(values.mean()),
-                          "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
+                          "std": float(values.std(ddof=1)) if len(values) > 1 else None}
         methods[label] = stats
     teacher = None if teacher_metrics is None else {k: teacher_metrics[k] for k, _ in COLUMNS if k in teacher_metrics}
     return {"methods": methods, "teacher": teacher}
 
 
+def paired_gains(runs: dict[str, list[dict[str, Any]]],
+                 scores: dict[str, list[tuple[np.ndarray, np.ndarray]]] | None, seeds: Sequence[int],
+                 reference: str | None, confidence: float = CONFIDENCE, resamples: int = BOOTSTRAP_RESAMPLES,
+                 bootstrap_seed: int = BOOTSTRAP_SEED) -> dict[str, Any]:
+    """Each method's test-mAP gain over ``reference``, paired by seed, with its confidence intervals.
+
+    Args:
+        runs: per method label, the test metrics of its runs in the order of ``seeds``.
+        scores: per method label, the ``(scores [n, q], targets [n, q])`` test outputs of its runs in
+            the order of ``seeds`` (what `mlkd.engine.evaluate.save_scores` wrote).
+        seeds: the seeds of the runs.
+        reference: the label of the vanilla student, or None when the comparison has none.
+
+    Returns:
+        ``{"reference", "note", "confidence", "bootstrap", "methods": {label: {...}}}`` where each
+        method has its per-seed gains with a bootstrap interval each, ``mean``, ``t_interval`` (None
+        below two seeds), ``pooled_bootstrap`` (images resampled once, the gain averaged over seeds),
+        ``ci`` (the main interval: t over seeds from two seeds on, else the bootstrap) and
+        ``significant`` (the main interval excludes 0). Gains are fractions of mAP, like the metrics.
+    """
+    info = {"reference": reference, "confidence": confidence,
+            "bootstrap": {"resamples": resamples, "seed": bootstrap_seed}, "methods": {}}
+    if reference is None:
+        info["note"] = (f"no gains: none of the methods is {REFERENCE!r}, the student trained without a teacher "
+                        f"that gains are measured against; add {REFERENCE} to the methods")
+        return info
+    info["note"] = None
+    targets = scores[reference][0][1]
+    for label, outputs in scores.items():
+        for seed, (_, t) in zip(seeds, outputs):
+            if not np.array_equal(t, targets):
+                raise ValueError(f"the test targets of {label} seed {seed} differ from those of {reference}: "
+                                 "the runs of a comparison must share one test set")
+    counts = bootstrap_counts(targets.shape[0], resamples, bootstrap_seed)
+    replicates = {label: [bootstrap_map(s, targets, counts) for s, _ in outputs] for label, outputs in scores.items()}
+    for label in runs:
+        if label == reference:
+            continue
+        gains = np.array([m["mAP"] - r["mAP"] for m, r in zip(runs[label], runs[reference])])
+        boot = [replicates[label][k] - replicates[reference][k] for k in range(len(seeds))]
+        per_seed = [{"seed": seed, "gain": float(g), "bootstrap": percentile_interval(g, b, confidence).to_dict()}
+                    for seed, g, b in zip(seeds, gains, boot)]
+        pooled = percentile_interval(float(gains.mean()), np.mean(boot, axis=0), confidence)
+        over_seeds = t_interval(gains, confidence)
+        main: Interval = over_seeds if over_seeds is not None else pooled
+        info["methods"][label] = {
+            "per_seed": per_seed, "mean": float(gains.mean()),
+            "t_interval": None if over_seeds is None else over_seeds.to_dict(),
+            "pooled_bootstrap": pooled.to_dict(),
+            "ci": {"low": main.low, "high": main.high,
+                   "kind": f"t over {len(seeds)} seeds" if over_seeds is not None
+                   else "bootstrap over test images (1 seed: the seed-to-seed spread is not covered)"},
+            "significant": main.excludes_zero,
+        }
+    return info
+
+
+def _points(x: float) -> str:
+    return f"{100 * x:+.2f}"
+
+
 def markdown_table(result: dict[str, Any]) -> str:
-    """The comparison as a markdown table, in percent, mean ± std over seeds."""
-    n = len(result.get("seeds", [])) or "?"
-    lines = ["| method | " + " | ".join(h for _, h in COLUMNS) + " |",
-             "|---" * (len(COLUMNS) + 1) + "|"]
+    """The comparison as markdown tables, in percent: mean ± std over seeds, then the gains over vanilla."""
+    n = len(result.get("seeds", []))
+    gains = result.get("gains") or {}
+    by_method = gains.get("methods", {})
+    reference = gains.get("reference")
+    gain_head = f"Δ mAP vs {reference} (95% CI)" if reference else None
+    heads = [h for _, h in COLUMNS] + ([gain_head] if gain_head else [])
+    lines = ["| method | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
     if result.get("teacher"):
-        lines.append("| teacher | " + " | ".join(
-            f"{100 * result['teacher'][k]:.2f}" if k in result["teacher"] else "–" for k, _ in COLUMNS) + " |")
+        cells = [f"{100 * result['teacher'][k]:.2f}" if k in result["teacher"] else "–" for k, _ in COLUMNS]
+        lines.append("| teacher | " + " | ".join(cells + (["–"] if gain_head else [])) + " |")
     best = max(result["methods"], key=lambda m: result["methods"][m]["mAP"]["mean"])
     for label, stats in result["methods"].items():
-        cells = [f"{100 * stats[k]['mean']:.2f} ± {100 * stats[k]['std']:.2f}" for k, _ in COLUMNS]
+        cells = [f"{100 * stats[k]['mean']:.2f}" + (f" ± {100 * stats[k]['std']:.2f}" if stats[k]["std"] is not None
+                                                     else "") for k, _ in COLUMNS]
+        if gain_head:
+            g = by_method.get(label)
+            cells.append("reference" if g is None else
+                         f"{_points(g['mean'])} [{_points(g['ci']['low'])}, {_points(g['ci']['high'])}]"
+                         + (" significant" if g["significant"] else ""))
         name = f"**{label}**" if label == best else label
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append(f"Percent, mean ± sample std over {n} seeds, test split, each student's best-validation "
-                 "checkpoint. Top-k = the paper's oracle protocol (each image predicts as many labels as it "
-                 "truly has); p≥0.5 = the standard threshold protocol.")
+    spread = f"mean ± sample std over {n} seeds" if n > 1 else "one seed (no spread across seeds)"
+    threads = f" {result['threads']} CPU thread(s) per run." if result.get("threads") else ""
+    lines.append(f"Percent, {spread}, test split, each student's best-validation checkpoint.{threads} "
+                 "Top-k = the paper's oracle protocol (each image predicts as many labels as it truly has); "
+                 "p≥0.5 = the standard threshold protocol.")
+    if not reference:
+        lines.append("")
+        lines.append(f"No gains reported: {gains.get('note') or 'no reference method'}.")
+        return "\n".join(lines) + "\n"
+    lines.append("")
+    lines.append(f"### Gains over {reference} (test mAP points, paired by seed)")
+    lines.append("")
+    lines.append("| method | mean gain | t-interval over seeds | pooled bootstrap | per seed: gain [bootstrap CI] "
+                 "| significant |")
+    lines.append("|---|---|---|---|---|---|")
+    for label, g in by_method.items():
+        t = g["t_interval"]
+        t_cell = "n/a (1 seed)" if t is None else f"[{_points(t['low'])}, {_points(t['high'])}]"
+        p = g["pooled_bootstrap"]
+        per_seed = "; ".join(f"s{e['seed']} {_points(e['gain'])} [{_points(e['bootstrap']['low'])}, "
+                             f"{_points(e['bootstrap']['high'])}]" for e in g["per_seed"])
+        lines.append(f"| {label} | {_points(g['mean'])} | {t_cell} | [{_points(p['low'])}, {_points(p['high'])}] "
+                     f"| {per_seed} | {'yes' if g['significant'] else 'no'} |")
+    boot = gains["bootstrap"]
+    lines.append("")
+    lines.append(f"{100 * gains['confidence']:.0f}% intervals. t-interval: Student t on the per-seed differences "
+                 f"(the seed-to-seed spread). Bootstrap: {boot['resamples']} resamples of the test images with "
+                 f"replacement (seed {boot['seed']}), both runs of a pair scored on the same resample (the test-set "
+                 "sampling only); pooled = the gain averaged over the seed pairs on each resample. A gain is "
+                 "significant when its main interval excludes 0: the t-interval from two seeds on, the bootstrap "
+                 "with one seed.")
     return "\n".join(lines) + "\n"
 
 
+def _save_figure(fig, path: Path) -> None:
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+
+
 def plot_comparison(result: dict[str, Any], path: Path) -> None:
+    """Test mAP per method on an axis from 0, beside each method's gain over vanilla with its main interval."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     labels = list(result["methods"])
+    n = len(result.get("seeds", [])) or len(result["methods"][labels[0]]["mAP"]["values"])
     means = [100 * result["methods"][m]["mAP"]["mean"] for m in labels]
-    stds = [100 * result["methods"][m]["mAP"]["std"] for m in labels]
-    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(labels)), 4))
-    ax.bar(labels, means, yerr=stds, capsize=4, color="tab:blue")
+    stds = [100 * (result["methods"][m]["mAP"]["std"] or 0.0) for m in labels]
+    gains = result.get("gains") or {}
+    by_method = gains.get("methods", {})
+    width = max(7.0, 1.0 + 0.9 * len(labels) + 0.6 * len(by_method))
+    fig, (ax, ax_gain) = plt.subplots(1, 2, figsize=(width, 4.6), layout="constrained",
+                                      gridspec_kw={"width_ratios": [max(2, len(labels)), max(2, len(by_method))]})
+    ax.bar(labels, means, yerr=stds if n > 1 else None, capsize=4, color="tab:blue")
     if result.get("teacher") and "mAP" in result["teacher"]:
         ax.axhline(100 * result["teacher"]["mAP"], color="tab:red", ls="--", label="teacher")
-        ax.legend()
-    low = min(m - s for m, s in zip(means, stds))
-    ax.set_ylim(max(0.0, low - 3), None)
-    ax.set(ylabel="test mAP (%)", title="students by distillation method (mean ± std over seeds)")
+        ax.legend(loc="lower right")
+    ax.set_ylim(0, 100)  # from 0: a cut axis would exaggerate gaps of a few tenths
+    ax.set(ylabel="test mAP (%)", title="test mAP" + (" (mean ± std)" if n > 1 else ""))
     plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    if by_method:
+        names = list(by_method)
+        g = np.array([100 * by_method[m]["mean"] for m in names])
+        low = np.array([100 * by_method[m]["ci"]["low"] for m in names])
+        high = np.array([100 * by_method[m]["ci"]["high"] for m in names])
+        colors = ["tab:green" if by_method[m]["significant"] else "tab:gray" for m in names]
+        ax_gain.bar(names, g, yerr=np.vstack([g - low, high - g]), capsize=4, color=colors)
+        ax_gain.axhline(0, color="black", lw=0.8)
+        kind = "t over seeds" if n > 1 else "test-image bootstrap"
+        ax_gain.set(ylabel=f"gain over {gains['reference']} (mAP points)",
+                    title=textwrap.fill(f"gain, {100 * gains['confidence']:.0f}% CI ({kind}); "
+                                        "green = significant", 30))
+        plt.setp(ax_gain.get_xticklabels(), rotation=30, ha="right")
+    else:
+        ax_gain.axis("off")
+        note = gains.get("note") or f"no gains: {REFERENCE} is not among the methods"
+        ax_gain.text(0.5, 0.5, textwrap.fill(note, 28), ha="center", va="center", transform=ax_gain.transAxes)
+    title = (f"Students by distillation method ({result.get('student', 'student')}, "
+             f"{n} seed{'s' if n != 1 else ''})")
+    fig.suptitle(textwrap.fill(title, max(30, int(12 * width))))
+    _save_figure(fig, path)
     plt.close(fig)
 
 
-def plot_ap_gain(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
-    """Per-label AP gain over the vanilla student (means over seeds), one bar group per label."""
+def plot_ap_gain(runs: dict[str, list[dict[str, Any]]], path: Path, reference: str = REFERENCE) -> None:
+    """Per-label AP gain over ``reference``, paired by seed: mean over seeds with ± sample std error bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    def mean_ap(metrics: list[dict[str, Any]]) -> dict[str, float]:
-        names = metrics[0]["AP_per_label"].keys()
-        return {c: float(np.mean([m["AP_per_label"][c] for m in metrics if m["AP_per_label"][c] is not None]))
-                for c in names}
+    def ap_matrix(metrics: list[dict[str, Any]], classes: list[str]) -> np.ndarray:  # [seeds, labels]
+        return np.array([[np.nan if m["AP_per_label"][c] is None else m["AP_per_label"][c] for c in classes]
+                         for m in metrics], dtype=float)
 
-    base = mean_ap(runs["vanilla"])
-    others = [m for m in runs if m != "vanilla"]
-    classes = list(base)
+    classes = list(runs[reference][0]["AP_per_label"])
+    base = ap_matrix(runs[reference], classes)
+    others = [m for m in runs if m != reference]
+    n = base.shape[0]
     width = 0.8 / max(1, len(others))
-    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(classes) * max(1, len(others)) ** 0.5), 4))
+    fig_width = max(6, 0.6 * len(classes) * max(1, len(others)) ** 0.5)
+    fig, ax = plt.subplots(figsize=(fig_width, 4.2), layout="constrained")
+    x = np.arange(len(classes))
     for j, label in enumerate(others):
-        ap = mean_ap(runs[label])
-        gains = [100 * (ap[c] - base[c]) for c in classes]
-        ax.bar(np.arange(len(classes)) + (j - (len(others) - 1) / 2) * width, gains, width, label=label)
+        diffs = 100 * (ap_matrix(runs[label], classes) - base)  # paired by seed
+        spread = np.std(diffs, axis=0, ddof=1) if n > 1 else None
+        ax.bar(x + (j - (len(others) - 1) / 2) * width, np.mean(diffs, axis=0), width, yerr=spread,
+               capsize=2, label=label, error_kw={"lw": 0.8})
     ax.axhline(0, color="black", lw=0.8)
-    ax.set_xticks(np.arange(len(classes)), classes, rotation=45, ha="right")
-    ax.set(ylabel="AP gain over vanilla (points)", title="per-label AP gain over the vanilla student")
-    ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    ax.set_xticks(x, classes, rotation=45, ha="right")
+    spread_text = f"mean ± std over {n} seeds" if n > 1 else "1 seed, no spread"
+    ax.set(ylabel=f"AP gain over {reference} (points)",
+           title=textwrap.fill(f"per-label AP gain over the {reference} student ({spread_text})",
+                               int(8 * fig_width)))
+    if others:
+        ax.legend(fontsize=8, ncol=2, loc="best")
+    _save_figure(fig, path)
     plt.close(fig)

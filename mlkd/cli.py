@@ -5,10 +5,12 @@ import argparse
 import os
 import logging
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
 from mlkd.config import RunConfig, load_yaml, make_config
+from mlkd.data.custom_csv import FORMAT_SUMMARY
 
 log = logging.getLogger("mlkd")
 
@@ -34,38 +36,86 @@ def _option(text: str) -> tuple[str, Any]:
     return name.strip(), yaml.safe_load(value)
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` to an option's help when it has a real default and the text names none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (default is None or default is False or default == argparse.SUPPRESS or not action.option_strings
+                or "default" in text or "%(default)" in text):
+            return text
+        return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
+
+
+def _default(name: str, none: str = "none") -> str:
+    """``(default: X)`` for a `RunConfig` field, from the dataclass itself (so help never drifts)."""
+    value = getattr(RunConfig(), name)
+    if value is None:
+        text = none
+    elif isinstance(value, bool):
+        text = "on" if value else "off"
+    elif isinstance(value, float):
+        text = f"{value:g}"
+    else:
+        text = str(value)
+    return f"(default: {text})"
+
+
+def _default_lr() -> str:
+    if RunConfig().lr is not None:
+        return _default("lr")
+    from mlkd.config import default_lr
+
+    scratch, pretrained = default_lr(RunConfig()), default_lr(RunConfig(pretrained=True))
+    return f"(default: by initialisation: {scratch:g} from scratch, {pretrained:g} with pretrained weights)"
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     """Flags shared by train and distill; each maps to a `RunConfig` field (unset = file/default)."""
     g = p.add_argument_group("run")
     g.add_argument("--config", action="append", metavar="FILE.yaml",
                    help="YAML file of RunConfig fields (repeatable: later files win); flags override them")
-    g.add_argument("--dataset", help="data set name (see mlkd.data.list_datasets); default fashion_mosaic")
+    g.add_argument("--dataset", help=f"data set name (see `mlkd list`) {_default('dataset')}")
     g.add_argument("--data-root", dest="data_root", help="folder of the data set in its official layout")
     g.add_argument("--dataset-option", dest="dataset_options", action="append", type=_option, metavar="KEY=VALUE",
                    help="reader option, e.g. num_mosaics=2000 (repeatable)")
-    g.add_argument("--model", help="timm model name or built-in (tiny_cnn, small_cnn)")
+    g.add_argument("--model", help=f"timm model name or built-in (tiny_cnn, small_cnn) {_default('model')}")
     g.add_argument("--model-option", dest="model_options", action="append", type=_option, metavar="KEY=VALUE",
                    help="create_model option, e.g. embed_dim=256 (repeatable)")
-    g.add_argument("--weights", help="local checkpoint (.pt/.pth/.safetensors) or efficientnet-lite0|1|2")
+    g.add_argument("--weights", help="local checkpoint (.pt/.pth/.safetensors) or efficientnet-lite0|1|2 "
+                                    "(default: none: from scratch, unless --pretrained)")
     g.add_argument("--pretrained", action="store_true", default=None, help="timm's pretrained weights (needs internet)")
-    g.add_argument("--img-size", dest="img_size", type=int)
+    g.add_argument("--img-size", dest="img_size", type=int, metavar="PX",
+                   help=f"input resolution, square {_default('img_size')}")
     g.add_argument("--batch-size", dest="batch_size", type=int,
-                   help="images per step and per process (under torchrun the global batch is N times larger)")
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--schedule-epochs", dest="schedule_epochs", type=int, help="OneCycle length if longer than --epochs")
-    g.add_argument("--lr", type=float)
-    g.add_argument("--weight-decay", dest="weight_decay", type=float)
-    g.add_argument("--seed", type=int)
-    g.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+                   help="images per step and per process (under torchrun the global batch is N times larger) "
+                        + _default("batch_size"))
+    g.add_argument("--epochs", type=int, help=f"training epochs {_default('epochs')}")
+    g.add_argument("--schedule-epochs", dest="schedule_epochs", type=int,
+                   help="OneCycle length if longer than --epochs "
+                        + _default("schedule_epochs", "the same as --epochs"))
+    g.add_argument("--lr", type=float, help=f"peak learning rate of Adam's OneCycle schedule {_default_lr()}")
+    g.add_argument("--weight-decay", dest="weight_decay", type=float,
+                   help=f"on weights, not biases or norms {_default('weight_decay')}")
+    g.add_argument("--seed", type=int, help=f"initialisation, shuffling and augmentation {_default('seed')}")
+    g.add_argument("--device", help=f"auto (CUDA when available), cpu, cuda or cuda:N {_default('device')}")
     g.add_argument("--amp", action="store_true", default=None, help="mixed precision on CUDA (bf16; see --amp-dtype)")
-    g.add_argument("--amp-dtype", dest="amp_dtype", choices=["bfloat16", "float16"])
-    g.add_argument("--workers", type=int, help="data loader worker processes")
+    g.add_argument("--amp-dtype", dest="amp_dtype", choices=["bfloat16", "float16"],
+                   help=f"autocast type of --amp {_default('amp_dtype')}")
+    g.add_argument("--workers", type=int, help=f"data loader worker processes {_default('workers')}")
+    g.add_argument("--threads", type=int,
+                   help="torch CPU threads (default: automatic: torch's default, fewer when other processes keep "
+                        "cores busy, see docs/benchmarks.md; a fixed N makes reruns match exactly)")
     g.add_argument("--no-augment", dest="augment", action="store_false", default=None,
                    help="no random augmentation of training images")
     g.add_argument("--sync-bn", dest="sync_bn", action="store_true", default=None, help="SyncBatchNorm under torchrun")
     g.add_argument("--output", help="output folder (default runs/<command>)")
-    g.add_argument("--resume", action="store_true", default=None, help="continue the run in --output from last.pt")
+    g.add_argument("--resume", action="store_true", default=None,
+                   help="continue the run in --output from last.pt, bit for bit as if never stopped; without "
+                        "--config it reads --output's own config.yaml, so `--output DIR --resume` is enough")
     g.add_argument("--quiet", action="store_true", default=None, help="no progress bars or per-epoch lines")
+    p.epilog = f"Your own data: {FORMAT_SUMMARY}"
 
 
 def _add_distill_options(p: argparse.ArgumentParser, teacher_required: bool = True) -> None:
@@ -76,7 +126,12 @@ def _add_distill_options(p: argparse.ArgumentParser, teacher_required: bool = Tr
     g.add_argument("--method-option", dest="method_options", action="append", type=_option, metavar="KEY=VALUE",
                    help="distiller option, e.g. temperature=4 (repeatable)")
     g.add_argument("--cache-teacher", dest="cache_teacher", action="store_true", default=None,
-                   help="compute the teacher's outputs once per image (needs --no-augment)")
+                   help="compute the teacher's outputs once per image and augmented view, then reuse them")
+    g.add_argument("--teacher-views", dest="teacher_views", type=int,
+                   help="fixed augmented views per training image (default 8 with --cache-teacher and "
+                        "augmentation, else a fresh view every epoch)")
+    g.add_argument("--cache-limit-gib", dest="cache_limit_gib", type=float,
+                   help="largest teacher cache allowed, in GiB (default 2)")
     g.add_argument("--gather-embeddings", dest="gather_embeddings", action="store_true", default=None,
                    help="under torchrun: CD/ID see the label-wise embeddings of the global batch")
 
@@ -91,19 +146,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("distill", help="train a student under a teacher with a distillation method")
     _add_run_options(p)
-    p.add_argument("--method", help=f"distiller: {METHOD_HELP}")
+    p.add_argument("--method", help=f"distiller: {METHOD_HELP} (default: l2d)")
     _add_distill_options(p, teacher_required=False)  # 'vanilla' needs none; the engine checks the others
 
     p = sub.add_parser("eval", help="evaluate a checkpoint; prints and writes the metrics")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--dataset")
-    p.add_argument("--data-root", dest="data_root")
+    p.add_argument("--checkpoint", required=True, help="a best.pt or last.pt written by mlkd train/distill")
+    p.add_argument("--dataset", help="default: the checkpoint's data set")
+    p.add_argument("--data-root", dest="data_root", help="default: the checkpoint's data root")
     p.add_argument("--split", help="default: the checkpoint's test split")
-    p.add_argument("--img-size", dest="img_size", type=int)
-    p.add_argument("--batch-size", dest="batch_size", type=int, default=64)
-    p.add_argument("--threshold", type=float, default=0.5)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--img-size", dest="img_size", type=int, help="default: the checkpoint's resolution")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=64, help="images per forward pass")
+    p.add_argument("--threshold", type=float, default=0.5, help="decision threshold of the thr_* metrics")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
     p.add_argument("--output", help="metrics JSON path (default: eval_<split>.json beside the checkpoint)")
 
     p = sub.add_parser("bench", help="compare methods over seeds on one teacher (table, JSON, plots)")
@@ -113,17 +168,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
 
     p = sub.add_parser("demo", help="the embedded default end to end: teacher, students, comparison")
-    p.add_argument("--output", default="runs/demo")
-    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--output", default="runs/demo", help="folder of the teacher, the students and the comparison")
+    p.add_argument("--seeds", help="comma-separated seeds of the students (default: the demo's 0,1,2,3,4; "
+                                   "--quick: 0,1)")
     p.add_argument("--quick", action="store_true", help="a few-minute smoke version (fewer images and epochs)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a stopped demo in --output; this is also what a plain rerun does: unfinished "
+                        "runs resume, finished ones are reused, nothing is deleted (a folder holding other files "
+                        "is refused)")
 
     p = sub.add_parser("export", help="export a checkpoint (ONNX graph: images in [0, 1] -> logits)")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--format", default="onnx", choices=["onnx"])
+    p.add_argument("--checkpoint", required=True, help="a best.pt written by mlkd train/distill")
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="export format")
     p.add_argument("--output", help="file to write (default: the checkpoint path with .onnx)")
-    p.add_argument("--img-size", dest="img_size", type=int)
+    p.add_argument("--img-size", dest="img_size", type=int, help="input resolution (default: the checkpoint's)")
 
     p = sub.add_parser("list", help="list the registered models, distillers and data sets")
+    for command in sub.choices.values():
+        command.formatter_class = _HelpFormatter
     return parser
 
 
@@ -138,6 +200,12 @@ def _run_overrides(args: argparse.Namespace, command: str) -> tuple[Any, dict[st
         config = merge_configs(config, load_yaml(path))
     if "output" not in values and "output" not in config:
         values["output"] = f"runs/{command}"
+    if values.get("resume") and not args.config and command in ("train", "distill"):
+        # `--output DIR --resume` alone continues the run with the settings it was started with.
+        saved = Path(values.get("output") or config.get("output")) / "config.yaml"
+        if saved.is_file():
+            log.info("--resume: reading the run's settings from %s", saved)
+            config = load_yaml(saved)
     return config, values
 
 
@@ -155,12 +223,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     try:
         return _dispatch(args)
-    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, KeyError) as err:
+    except (ValueError, OSError, FloatingPointError, KeyError) as err:
         print(f"mlkd {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; continue with --resume", file=sys.stderr)
+        print(f"interrupted; {_resume_hint(args)}", file=sys.stderr)
         return 130
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    """How to continue the interrupted command."""
+    if args.command == "demo":
+        return f"run `mlkd demo --output {args.output}` again (or with --resume): it continues where it stopped"
+    if args.command in ("train", "distill"):
+        output = args.output or f"runs/{args.command}"
+        return f"continue with `mlkd {args.command} --output {output} --resume`"
+    if args.command == "bench":
+        return "run the same command again: finished runs are reused, unfinished ones resume"
+    return "run the command again"
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -174,11 +254,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         print("models (built-in; every timm model name works too):", ", ".join(list_models()))
         print("distillers:", ", ".join(list_distillers()))
         print("data sets:", ", ".join(list_datasets()))
+        print()
+        print(textwrap.fill(FORMAT_SUMMARY, width=100))
         return 0
     if args.command in ("train", "distill"):
         config, values = _run_overrides(args, args.command)
         if args.command == "distill":
-            values.setdefault("method", "l2d")
+            if "method" not in config:  # a config file's (or a resumed run's) method stands
+                values.setdefault("method", "l2d")
             result = mlkd.distill(config=config, **values)
         else:
             result = mlkd.train(config=config, **values)
@@ -198,17 +281,23 @@ def _dispatch(args: argparse.Namespace) -> int:
         teacher = values.pop("teacher")
         output = values.pop("output")
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        if not methods:
+            raise ValueError(f"--methods names no distiller (got {args.methods!r}); give comma-separated names, "
+                             "e.g. --methods vanilla,kd,l2d (see mlkd list)")
         seeds = _int_list(args.seeds, "--seeds")
         result = compare(teacher, methods, seeds, config=make_config(config, **values), output=output)
         from mlkd.bench import markdown_table
 
         if _is_rank0():
+            from mlkd.models.cost import cost_lines
+
             print(markdown_table(result))
+            print("\n".join(cost_lines(result.get("cost"))))
         return 0
     if args.command == "demo":
         from mlkd.demo import run_demo
 
-        run_demo(args.output, seeds=_int_list(args.seeds, "--seeds"), quick=args.quick)
+        run_demo(args.output, seeds=None if args.seeds is None else _int_list(args.seeds, "--seeds"), quick=args.quick)
         return 0
     if args.command == "export":
         path = mlkd.export(args.checkpoint, args.output, format=args.format, img_size=args.img_size)
@@ -233,12 +322,25 @@ def _is_rank0() -> bool:
 
 
 def _print_metrics(metrics: dict[str, Any], title: str) -> None:
-    if not _is_rank0():
-        return
-    print(title)
+    if _is_rank0():
+        print(format_metrics(metrics, title))
+
+
+def format_metrics(metrics: dict[str, Any], title: str) -> str:
+    """The metrics printout: every score in percent (best_val_mAP included), then the run's facts and costs."""
+    from mlkd.models.cost import cost_lines
+
+    lines = [f"{title}, in percent:"]
     for key, value in metrics.items():
-        if isinstance(value, float):
-            print(f"  {key:>14}: {100 * value:6.2f}" if key.startswith(("mAP", "topk_", "thr_")) else f"  {key:>14}: {value}")
+        if isinstance(value, float) and key.startswith(("mAP", "topk_", "thr_", "best_val_mAP")):
+            lines.append(f"  {key:>14}: {100 * value:6.2f}")
+    names = {"split": "split", "num_samples": "images", "num_labels_evaluated": "labels evaluated",
+             "threshold": "threshold", "best_epoch": "best epoch"}
+    facts = [f"{name} {metrics[key]}" for key, name in names.items() if key in metrics]
+    if facts:
+        lines.append("  " + ", ".join(facts))
+    lines += [f"  {line}" for line in cost_lines(metrics.get("cost"))]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":  # pragma: no cover

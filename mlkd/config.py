@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,8 +22,9 @@ import yaml
 class RunConfig:
     """Everything one `train` or `distill` run needs.
 
-    The defaults follow the paper's protocol (method.md §5): Adam, lr 1e-4, weight decay 1e-4 on
-    weights only, OneCycle with 20 % warm-up, batch 64, 80 epochs, 224 px, summed BCE.
+    The defaults follow the paper's protocol (method.md §5): Adam, weight decay 1e-4 on weights only,
+    OneCycle with 20 % warm-up, batch 64, 80 epochs, 224 px, summed BCE; except the learning rate,
+    which by default follows the initialisation (`default_lr`; the paper's presets set its 1e-4).
     """
 
     # Data.
@@ -44,13 +48,17 @@ class RunConfig:
     method: str = "vanilla"
     lambdas: dict[str, float] = field(default_factory=dict)  # {"cd": 50} -> lambda_cd=50
     method_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"temperature": 4}
-    cache_teacher: bool = False
+    cache_teacher: bool = False  # compute the teacher's outputs once per image and view, then read them back
+    # Fixed augmented views per training image (mlkd.data.views). None: 8 with cache_teacher and augment,
+    # else a fresh view every epoch. Also applies without a teacher (vanilla), so a comparison stays fair.
+    teacher_views: int | None = None
+    cache_limit_gib: float = 2.0  # refuse a teacher cache larger than this (views x images x outputs)
     gather_embeddings: bool = False  # DDP: CD/ID see the global batch
     # Optimisation.
     epochs: int = 80
     schedule_epochs: int | None = None  # OneCycle length; None = epochs (the teacher uses 80, stops at 30)
     batch_size: int = 64  # per process under torchrun
-    lr: float = 1e-4
+    lr: float | None = None  # None: `default_lr` (by initialisation); the paper presets set 1e-4
     weight_decay: float = 1e-4
     warmup: float = 0.2
     grad_clip: float | None = None
@@ -60,6 +68,7 @@ class RunConfig:
     amp: bool = False
     amp_dtype: str = "bfloat16"  # bfloat16 | float16 (float16 uses a gradient scaler)
     workers: int = 0
+    threads: int | None = None  # torch CPU threads; None: automatic (mlkd.engine.threads)
     sync_bn: bool = False
     # Evaluation and output.
     threshold: float = 0.5
@@ -79,6 +88,20 @@ class RunConfig:
         tmp.replace(path)
 
 
+# Data set options that may change when a run is resumed: they decide which broken files are left out,
+# the fix that an unreadable-image error suggests, not what the run computes on readable data.
+RESUME_MAY_CHANGE_OPTIONS = frozenset({"skip_unreadable"})
+
+
+def resume_comparable(values: dict[str, Any]) -> dict[str, Any]:
+    """A config dict without the data set options that may change on resume (`RESUME_MAY_CHANGE_OPTIONS`)."""
+    options = values.get("dataset_options")
+    if not isinstance(options, dict):
+        return values
+    kept = {k: v for k, v in options.items() if k not in RESUME_MAY_CHANGE_OPTIONS}
+    return {**values, "dataset_options": kept}
+
+
 def _field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(RunConfig)]
 
@@ -93,6 +116,114 @@ def check_keys(values: dict[str, Any], source: str) -> None:
             raise ValueError(f"unknown configuration key {key!r} in {source}{hint}; valid keys: {', '.join(names)}")
 
 
+# Spellings of booleans accepted in YAML strings and KEY=VALUE options.
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
+
+
+class _WrongType(ValueError):
+    """A value that does not fit its field's type; carries what was expected (internal)."""
+
+    def __init__(self, key: str, expected: str, value: Any) -> None:
+        super().__init__(f"{key} must be {expected}, got {value!r} ({type(value).__name__})")
+
+
+def _coerce(key: str, value: Any, kind: Any) -> Any:
+    """``value`` converted to the annotated type ``kind`` of field ``key``, or `_WrongType`.
+
+    YAML reads ``1e-3`` (no dot before the exponent) as a string, so numeric strings are accepted for
+    numeric fields; floats must be finite, because an inf or NaN setting only shows up later as NaN losses.
+    """
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        if value is None and len(args) < len(typing.get_args(kind)):
+            return None
+        return _coerce(key, value, args[0])
+    if kind is Any:
+        return value
+    if value is None:
+        raise _WrongType(key, f"a {getattr(kind, '__name__', kind)} value (this field cannot be empty)", value)
+    if origin is dict:
+        _, value_kind = typing.get_args(kind)
+        if not isinstance(value, dict):
+            raise _WrongType(key, "a mapping of names to values (e.g. {name: value})", value)
+        for name in value:
+            if not isinstance(name, str):
+                raise _WrongType(f"{key}: the name {name!r}", "a string", name)
+        return {name: _coerce(f"{key}[{name!r}]", v, value_kind) for name, v in value.items()}
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+            return value.strip().lower() in _TRUE
+        raise _WrongType(key, "true or false", value)
+    if kind is int:
+        number = _number(value)
+        if number is None or not math.isfinite(number) or number != int(number):
+            raise _WrongType(key, "an integer", value)
+        return int(number)
+    if kind is float:
+        number = _number(value)
+        if number is None:
+            raise _WrongType(key, "a number", value)
+        if not math.isfinite(number):
+            raise _WrongType(key, "a finite number", value)
+        return float(number)
+    if kind is str:
+        # A folder or device may be written as a bare number in YAML (output: 2024); other types are slips.
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise _WrongType(key, "a string", value)
+    return value
+
+
+def _number(value: Any) -> float | int | None:
+    """``value`` as an int or float when it is a number or a numeric string; ``None`` otherwise."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return int(text)
+        except ValueError:
+            pass
+        try:
+            return float(text)
+        except ValueError:
+            return None
+    return None
+
+
+def coerce_values(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """Convert every value of ``values`` to the type of its `RunConfig` field.
+
+    Args:
+        values: field names (already checked by `check_keys`) to raw values, e.g. from YAML.
+        source: where the values come from, for the message (a file path, "the arguments").
+
+    Returns:
+        A new dict with converted values (``"1e-3"`` -> ``0.001`` for a float field, ...).
+
+    Raises:
+        ValueError: a value that does not fit its field, naming the field, the value and ``source``.
+    """
+    hints = typing.get_type_hints(RunConfig)
+    out = {}
+    for key, value in values.items():
+        try:
+            out[key] = _coerce(key, value, hints[key])
+        except _WrongType as err:
+            raise ValueError(f"{source}: {err}") from None
+    return out
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML configuration file into a dict, checking its keys."""
     path = Path(path)
@@ -105,7 +236,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise ValueError(f"config file {path} must hold a mapping of keys to values, got {type(values).__name__}")
     check_keys(values, str(path))
-    return values
+    return coerce_values(values, f"config file {path}")
 
 
 def make_config(base: RunConfig | dict[str, Any] | str | Path | None = None, **overrides: Any) -> RunConfig:
@@ -121,21 +252,42 @@ def make_config(base: RunConfig | dict[str, Any] | str | Path | None = None, **o
     else:
         values = dict(base or {})
         check_keys(values, "the configuration")
+        values = coerce_values(values, "the configuration")
     check_keys(overrides, "the arguments")
+    overrides = coerce_values({k: v for k, v in overrides.items() if v is not None}, "the arguments")
     for key, value in overrides.items():
-        if value is None:
-            continue
         if isinstance(value, dict) and isinstance(values.get(key), dict):
             values[key] = {**values[key], **value}
         else:
             values[key] = value
     cfg = RunConfig(**values)
+    if cfg.lr is None:
+        cfg.lr = default_lr(cfg)
     validate(cfg)
     return cfg
 
 
+# Peak learning rates of the default rule (Adam with OneCycle), chosen on validation splits of the
+# settings recorded in docs/results.md ("Default learning rate").
+LR_FROM_SCRATCH = 3e-3
+LR_PRETRAINED = 1e-3
+
+
+def default_lr(cfg: RunConfig) -> float:
+    """The learning rate used when none is given: by how the trained model starts.
+
+    A backbone that starts from pretrained weights (``pretrained`` or ``weights``) is fine-tuned at
+    `LR_PRETRAINED`; one trained from scratch gets the larger `LR_FROM_SCRATCH`. The paper's 1e-4 is
+    a fine-tuning rate for 80-epoch schedules and badly underfits models trained from scratch.
+    """
+    return LR_PRETRAINED if (cfg.pretrained or cfg.weights) else LR_FROM_SCRATCH
+
+
 def validate(cfg: RunConfig) -> None:
-    """Reject values that cannot work, naming the key and the fix."""
+    """Convert every field to its annotated type (see `coerce_values`), then reject values that cannot
+    work, naming the key and the fix."""
+    for key, value in coerce_values(cfg.to_dict(), "the configuration").items():
+        setattr(cfg, key, value)
     if cfg.epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {cfg.epochs}")
     if cfg.schedule_epochs is not None and cfg.schedule_epochs < cfg.epochs:
@@ -144,6 +296,16 @@ def validate(cfg: RunConfig) -> None:
         raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
     if not cfg.lr > 0:
         raise ValueError(f"lr must be > 0, got {cfg.lr}")
+    if cfg.weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {cfg.weight_decay}")
+    if cfg.grad_clip is not None and not cfg.grad_clip > 0:
+        raise ValueError(f"grad_clip must be > 0 (or unset for no clipping), got {cfg.grad_clip}")
+    for name, weight in cfg.lambdas.items():
+        if weight < 0:
+            # A negative weight turns a distillation term into a reward for moving away from the teacher.
+            raise ValueError(f"lambdas[{name!r}] (--lambda {name}=...) must be >= 0, got {weight}")
+    if not 0 <= cfg.seed < 2**32:
+        raise ValueError(f"seed must be in [0, 2**32), got {cfg.seed}")
     if not 0 <= cfg.warmup < 1:
         raise ValueError(f"warmup is the warm-up fraction of OneCycle and must be in [0, 1), got {cfg.warmup}")
     if cfg.val_split is None and not 0 < cfg.val_fraction < 1:
@@ -156,3 +318,9 @@ def validate(cfg: RunConfig) -> None:
         raise ValueError(f"threshold must be in (0, 1), got {cfg.threshold}")
     if cfg.workers < 0:
         raise ValueError(f"workers must be >= 0, got {cfg.workers}")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise ValueError(f"threads must be >= 1 (or unset for the automatic choice), got {cfg.threads}")
+    if cfg.teacher_views is not None and cfg.teacher_views < 1:
+        raise ValueError(f"teacher_views must be >= 1 (or unset), got {cfg.teacher_views}")
+    if not cfg.cache_limit_gib > 0:
+        raise ValueError(f"cache_limit_gib must be > 0, got {cfg.cache_limit_gib}")

@@ -4,12 +4,16 @@
 2. Distil small students with L2D, its ablations and baselines, plus the vanilla student, over seeds.
 3. Print the comparison table and write it with plots under the output folder.
 
+Running it again into the same folder continues where it stopped: each unfinished run resumes from its
+last.pt, each finished one is reused. Nothing is ever deleted; a folder that holds anything but a demo
+run is refused.
+
 The settings below were chosen on the validation split (docs/results.md records the search).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -17,12 +21,16 @@ from typing import Any, Sequence
 import yaml
 
 from mlkd.bench import compare, markdown_table
-from mlkd.config import make_config
-from mlkd.engine.trainer import fit
+from mlkd.config import RunConfig, load_yaml, make_config
+from mlkd.engine.run_folder import RunFolder, foreign_entries
+from mlkd.engine.trainer import RESUME_MAY_CHANGE, fit
+from mlkd.files import atomic_write_text
 
 log = logging.getLogger("mlkd")
 
 CONFIG_FILE = Path(__file__).resolve().parent / "configs" / "demo.yaml"
+# What a demo writes at the top of its folder.
+DEMO_ENTRIES = frozenset({"teacher", "students", "comparison.md"})
 
 
 def demo_settings(quick: bool = False) -> dict[str, Any]:
@@ -34,21 +42,63 @@ def demo_settings(quick: bool = False) -> dict[str, Any]:
     return settings
 
 
-def run_demo(output: str | Path = "runs/demo", seeds: Sequence[int] = (0, 1, 2), quick: bool = False) -> dict[str, Any]:
-    """Run the whole demo afresh in ``output`` and return the comparison."""
+def run_demo(output: str | Path = "runs/demo", seeds: Sequence[int] | None = None,
+             quick: bool = False) -> dict[str, Any]:
+    """Run the demo in ``output``, continuing an earlier demo there; return the comparison.
+
+    ``seeds`` default to the demo's own (``seeds`` in configs/demo.yaml).
+
+    Raises:
+        FileExistsError: ``output`` holds files that are not a demo run, or a demo run with other
+            settings (e.g. ``quick`` differs).
+        OutputInUseError: another process runs a demo in ``output``.
+    """
     out = Path(output)
-    shutil.rmtree(out, ignore_errors=True)
+    foreign = foreign_entries(out, DEMO_ENTRIES)
+    if foreign or (out / "teacher").is_file() or (out / "students").is_file():
+        shown = ", ".join(foreign[:3] or ["teacher", "students"]) + (" ..." if len(foreign) > 3 else "")
+        raise FileExistsError(f"{out} holds files that are not an mlkd demo run ({shown}); mlkd never deletes "
+                              "them: choose another --output (an empty, new or earlier demo folder)")
     s = demo_settings(quick)
     common = {**s["common"], "quiet": True}
-    t0 = time.perf_counter()
-    log.info("mlkd demo: teacher %s on fashion_mosaic (%s)", s["teacher"]["model"], out / "teacher")
-    teacher = fit(make_config(common, **s["teacher"], output=str(out / "teacher")))
-    log.info("teacher: test mAP %.2f%% (%.0f s)", 100 * teacher.metrics["mAP"], time.perf_counter() - t0)
-    methods = [(m["label"], m["method"], m.get("lambdas", {})) for m in s["methods"]]
-    result = compare(out / "teacher" / "best.pt", methods, seeds, config=make_config(common, **s["student"]),
-                     output=out / "students", teacher_metrics=teacher.metrics)
-    table = markdown_table(result)
-    (out / "comparison.md").write_text(table)
+    # The teacher is the long phase: it reports each epoch (students report one line per run).
+    teacher_cfg = make_config(common, **s["teacher"], output=str(out / "teacher"), quiet=False)
+    _check_same_demo(teacher_cfg, out)
+    folder = RunFolder(out, DEMO_ENTRIES).open()
+    try:
+        t0 = time.perf_counter()
+        log.info("mlkd demo: teacher %s on fashion_mosaic (%s)", s["teacher"]["model"], out / "teacher")
+        teacher = fit(_continued(teacher_cfg))
+        log.info("teacher: test mAP %.2f%% (%.0f s)", 100 * teacher.metrics["mAP"], time.perf_counter() - t0)
+        methods = [(m["label"], m["method"], m.get("lambdas", {})) for m in s["methods"]]
+        result = compare(out / "teacher" / "best.pt", methods, s["seeds"] if seeds is None else seeds,
+                         config=make_config(common, **s["student"]),
+                         output=out / "students", teacher_metrics=teacher.metrics)
+        table = markdown_table(result)
+        atomic_write_text(out / "comparison.md", table)
+    except Exception:
+        folder.discard_if_unused()
+        raise
+    finally:
+        folder.release()
     print(table)
     print(f"demo finished in {time.perf_counter() - t0:.0f} s; plots and runs in {out}/students")
     return result
+
+
+def _continued(cfg: RunConfig) -> RunConfig:
+    """Resume a run the demo started before (a finished one only writes its report again)."""
+    return dataclasses.replace(cfg, resume=(Path(cfg.output) / "last.pt").exists()
+                               or (Path(cfg.output) / "config.yaml").exists())
+
+
+def _check_same_demo(teacher_cfg: RunConfig, out: Path) -> None:
+    """Refuse to continue a demo that was started with other settings (``--quick`` or not, another version)."""
+    saved_path = out / "teacher" / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved, now = load_yaml(saved_path), teacher_cfg.to_dict()
+    changed = [k for k in now if k not in RESUME_MAY_CHANGE and k in saved and saved[k] != now[k]]
+    if changed:
+        raise FileExistsError(f"{out} holds a demo run with other settings ({', '.join(changed)} differ: was it run "
+                              "with/without --quick?); continue it with its own flags or choose another --output")

@@ -157,7 +157,7 @@ def test_unreadable_images_error_or_skip(tmp_path, caplog):
         ds[1]
     with pytest.raises(DataFormatError, match=re.escape(f"{root / 'img/cut.jpg'} (listed at train.csv:4): cannot decode image (OSError")) as info:
         ds[2]
-    assert "pass skip_unreadable=True" in str(info.value)
+    assert "pass --dataset-option skip_unreadable=true" in str(info.value)
 
 
 def test_image_list_dataset_shape_check(tmp_path):

@@ -77,7 +77,7 @@ def test_pin_memory_override():
         ({"workers": -1}, "workers must be an integer >= 0, got -1"),
         ({"dataset": Numbered(0)}, "is empty; check the data root and split"),
         ({"distributed": True}, "distributed=True needs an initialised torch.distributed process group; launch with torchrun"),
-        ({"batch_size": 6, "train": True}, "drop_last=True with 5 samples per process and batch_size=6 leaves no batch at all"),
+        ({"batch_size": 6, "train": True, "drop_last": True}, "drop_last=True with 5 samples per process and batch_size=6 leaves no batch at all"),
     ],
 )
 def test_errors(kwargs, message):

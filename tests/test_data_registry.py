@@ -9,7 +9,7 @@ from mlkd.data import create_dataset, dataset_options, dataset_splits, list_data
 
 
 def test_names_splits_and_options():
-    assert list_datasets() == ["coco2014", "csv", "fashion_mosaic", "nuswide", "voc2007"]
+    assert list_datasets() == ["coco2014", "csv", "fashion_mosaic", "fashion_scenes", "nuswide", "voc2007"]
     assert dataset_splits("coco2014") == ("train", "val")
     assert dataset_splits("voc2007") == ("trainval", "test", "train", "val")
     assert dataset_splits("nuswide") == ("train", "test")
@@ -18,13 +18,14 @@ def test_names_splits_and_options():
     assert dataset_options("coco2014") == {"drop_unlabeled": True, "skip_unreadable": False}
     assert dataset_options("voc2007") == {"difficult": "positive", "skip_unreadable": False}
     assert dataset_options("nuswide") == {"drop_unlabeled": False, "skip_unreadable": False}
-    assert dataset_options("csv") == {"skip_unreadable": False}
-    assert dataset_options("fashion_mosaic") == {"num_mosaics": None, "seed": 0, "min_items": 4, "download": True}
+    assert dataset_options("csv") == {"skip_unreadable": False, "encoding": "utf-8", "allow_outside_root": False}
+    assert dataset_options("fashion_mosaic") == {"num_mosaics": None, "seed": 0, "min_items": 4, "colors": 0,
+                                                 "download": True}
 
 
 def test_unknown_name():
     with pytest.raises(ValueError, match=re.escape(
-        "unknown data set 'coco'. Did you mean coco2014? Valid names: coco2014, csv, fashion_mosaic, nuswide, voc2007"
+        "unknown data set 'coco'. Did you mean coco2014? Valid names: coco2014, csv, fashion_mosaic, fashion_scenes, nuswide, voc2007"
     )):
         create_dataset("coco", "/nowhere", "train")
     with pytest.raises(ValueError, match=re.escape("unknown data set 'imagenet'. Valid names: coco2014")):

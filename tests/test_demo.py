@@ -26,7 +26,7 @@ def test_quick_demo_writes_the_comparison(tmp_path, capsys):
     result = run_demo(out, seeds=(0,), quick=True)
     labels = [m["label"] for m in demo_settings()["methods"]]
     assert list(result["methods"]) == labels
-    assert {"vanilla", "KD", "PKT", "MLD", "MLD+CD", "MLD+ID", "L2D"} <= set(labels)
+    assert {"vanilla", "KD", "PKT", "MLD", "L2D", "L2D-paper"} <= set(labels)
     teacher = json.loads((out / "teacher" / "metrics.json").read_text())
     assert result["teacher"]["mAP"] == teacher["mAP"]
     for name in ("comparison.md", "students/comparison.json", "students/comparison_map.png",
@@ -43,3 +43,9 @@ def test_list_command(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "tiny_cnn" in out and "l2d" in out and "reviewkd" in out and "fashion_mosaic" in out
+
+
+def test_demo_runs_five_seeds_by_default():
+    # Five seeds give the paired t-interval over seeds four degrees of freedom; the quick smoke run keeps two.
+    assert demo_settings()["seeds"] == [0, 1, 2, 3, 4]
+    assert demo_settings(quick=True)["seeds"] == [0, 1]

@@ -183,4 +183,4 @@ def test_torchrun_bench_runs_every_job_in_one_process_group(tmp_path, cli_setup)
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads((out / "comparison.json").read_text())
     assert {k: len(v["mAP"]["values"]) for k, v in result["methods"].items()} == {"vanilla": 2, "l2d": 2}
-    assert r.stdout.count("| method |") == 1  # only rank 0 prints the table
+    assert r.stdout.count("| method | mAP |") == 1  # only rank 0 prints the table

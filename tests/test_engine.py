@@ -125,56 +125,6 @@ def test_resume_matches_an_uninterrupted_run(teacher, data_root, tmp_path, monke
         mlkd.distill(**run_config(data_root, tmp_path / "killed", resume=True, **{**common, "epochs": 4}))
 
 
-def test_teacher_cache_returns_what_the_teacher_computes(teacher):
-    from mlkd.engine.evaluate import ModelInput
-    from mlkd.engine.teacher_cache import TeacherCache
-    from mlkd.engine.trainer import teacher_outputs
-
-    model, _ = mlkd.engine.checkpoint.model_from_checkpoint(teacher / "best.pt")
-    images = torch.rand(10, 3, 32, 32)
-    cache = TeacherCache(10, keep_embeddings=True, feature_levels=None)
-    calls = {"n": 0, "images": 0}
-
-    def counting(x):
-        calls["n"] += 1
-        calls["images"] += x.shape[0]
-        return model(x)
-
-    first = torch.tensor([3, 1, 4, 0, 5])
-    teacher_outputs(counting, ModelInput(), images[first], first, cache, torch.device("cpu"))
-    assert calls["n"] == 1 and cache.filled.sum() == 5
-    # A batch with one uncached sample runs the teacher on that sample only; a cached one not at all.
-    mixed = torch.tensor([1, 9])
-    teacher_outputs(counting, ModelInput(), images[mixed], mixed, cache, torch.device("cpu"))
-    assert calls["n"] == 2 and calls["images"] == 6
-    again = torch.tensor([9, 0, 3])
-    got = teacher_outputs(counting, ModelInput(), images[again], again, cache, torch.device("cpu"))
-    assert calls["n"] == 2
-    with torch.no_grad():
-        want = model(images[again])
-    torch.testing.assert_close(got.logits, want.logits, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(got.label_embeddings, want.label_embeddings, rtol=1e-5, atol=1e-5)
-    for g, w in zip(got.features, want.features):
-        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
-
-
-def test_shared_cache_keeps_what_is_asked_and_widens():
-    from mlkd.engine.teacher_cache import shared_cache
-    from mlkd.outputs import ModelOutput
-
-    out = ModelOutput(torch.randn(2, 3), torch.randn(2, 3, 4), [torch.randn(2, 5, 4, 4), torch.randn(2, 6, 2, 2)])
-    cache = shared_cache(("a",), 4, keep_embeddings=False, feature_levels=1)
-    cache.put(torch.tensor([0, 1]), out)
-    got = cache.get(torch.tensor([1]), torch.device("cpu"))
-    assert got.label_embeddings is None and len(got.features) == 1
-    assert torch.equal(got.features[0], out.features[1][1:]) and torch.equal(got.logits, out.logits[1:])
-    assert shared_cache(("a",), 4, keep_embeddings=False, feature_levels=0) is cache  # a narrower need
-    wider = shared_cache(("a",), 4, keep_embeddings=True, feature_levels=None)
-    assert wider is not cache and wider.keep_embeddings and wider.feature_levels is None
-    assert not wider.filled.any()  # a new cache is filled again by the teacher
-    assert shared_cache(("b",), 4, keep_embeddings=False, feature_levels=0) is not wider
-
-
 def test_teacher_cache_trains_the_same_student(teacher, data_root, tmp_path):
     common = dict(teacher=str(teacher / "best.pt"), method="l2d", epochs=2)
     plain = mlkd.distill(**run_config(data_root, tmp_path / "plain", **common))
@@ -187,13 +137,6 @@ def test_teacher_cache_trains_the_same_student(teacher, data_root, tmp_path):
         for key in ("train_bce", "train_mld", "train_cd", "train_id"):
             assert c_rec[key] == pytest.approx(p_rec[key], rel=1e-5), key
     assert cached.metrics["mAP"] == pytest.approx(plain.metrics["mAP"], abs=0.01)
-
-
-def test_teacher_cache_refused_with_random_augmentation(teacher, data_root, tmp_path, capsys):
-    code = main(["distill", "--teacher", str(teacher / "best.pt"), "--cache-teacher",
-                 *[a for a in cli_args(data_root, tmp_path / "x") if a != "--no-augment"]])
-    assert code == 2
-    assert "--cache-teacher" in capsys.readouterr().err
 
 
 def test_bench_writes_the_comparison(teacher, data_root, tmp_path):

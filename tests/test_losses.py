@@ -318,7 +318,7 @@ def make_outputs(seed: int = 0, n: int = 6, q: int = 5, widths=(8, 12), grad: bo
 
 
 def test_registry_lists_all_and_rejects_unknown():
-    names = ["cd", "id", "kd", "l2d", "led", "mld", "mse", "pkt", "ps", "rkd", "vanilla"]
+    names = ["cd", "id", "kd", "l2d", "l2d_paper", "led", "mld", "mse", "pkt", "ps", "rkd", "vanilla"]
     assert set(names) <= set(L.list_distillers())
     with pytest.raises(ValueError, match=r"unknown distiller 'l2e'.*Valid names: .*l2d.*vanilla"):
         L.create_distiller("l2e")

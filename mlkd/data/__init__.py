@@ -1,8 +1,9 @@
 """Data sets, transforms and loaders.
 
 ``create_dataset(name, root, split, transform=None, **options)`` builds one of `list_datasets()`:
-``coco2014``, ``voc2007``, ``nuswide``, ``csv`` (users' own data) and ``fashion_mosaic`` (the embedded
-default). `build_transforms` gives the paper's image pipeline and `build_loader` the DataLoader.
+``coco2014``, ``voc2007``, ``nuswide``, ``csv`` (users' own data), ``fashion_mosaic`` (the embedded
+default) and ``fashion_scenes`` (cluttered scenes of items of different sizes). `build_transforms` gives
+the paper's image pipeline and `build_loader` the DataLoader.
 """
 from mlkd.data.base import DataFormatError, ImageListDataset
 from mlkd.data.registry import create_dataset, dataset_options, dataset_splits, list_datasets, register_dataset
@@ -10,7 +11,7 @@ from mlkd.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Cutout, ToRGB, bui
 from mlkd.data.loaders import build_loader, seed_worker
 
 # Importing the readers registers them.
-from mlkd.data import coco, custom_csv, fashion_mosaic, nuswide, voc  # noqa: E402,F401  isort: skip
+from mlkd.data import coco, custom_csv, fashion_mosaic, fashion_scenes, nuswide, voc  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "DataFormatError",

@@ -27,6 +27,8 @@ Transform = Callable[[Image.Image], Tensor]
 
 # How many unreadable files an error or warning names before summarising the rest as a count.
 _NAMED_MAX = 10
+# The fix for unreadable images, in the command line's form first (most users meet it there).
+SKIP_HINT = "pass --dataset-option skip_unreadable=true (skip_unreadable=True in Python)"
 
 
 class DataFormatError(ValueError):
@@ -66,14 +68,75 @@ def _named(items: Sequence[str]) -> str:
     return shown + (f" and {rest} more" if rest > 0 else "")
 
 
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert a decoded image of any mode to 8-bit RGB, keeping the real range of deep images.
+
+    PIL's own ``convert("RGB")`` clips 16-bit and float pixels to [0, 255], which turns a 16-bit PNG
+    nearly white and a float TIFF in [0, 1] black. Here 16-bit images are scaled by 255/65535 and float
+    images in [0, 1] by 255 (so that after `to_tensor` they lie in [0, 1] as in the file, at 8-bit
+    precision, the precision of the rest of the pipeline).
+
+    Raises:
+        DataFormatError: a float image with values outside [0, 1] or non-finite values, or a 32-bit
+            integer image: their range has no standard meaning, so guessing would silently distort them.
+    """
+    if img.mode.startswith("I;16") or (img.mode == "I" and img.format == "PNG"):
+        pixels = np.asarray(img, dtype=np.int64)
+        if pixels.size and (pixels.min() < 0 or pixels.max() > 65535):
+            raise DataFormatError(f"16-bit image with values in [{pixels.min()}, {pixels.max()}], outside [0, 65535]")
+        return Image.fromarray(np.round(pixels * (255 / 65535)).astype(np.uint8), "L").convert("RGB")
+    if img.mode == "I":
+        raise DataFormatError(
+            "32-bit integer image: its value range is ambiguous. Save it as an 8- or 16-bit image (PNG, JPEG)"
+        )
+    if img.mode == "F":
+        pixels = np.asarray(img, dtype=np.float64)
+        if not np.isfinite(pixels).all():
+            raise DataFormatError("float image with NaN or infinite pixels")
+        if pixels.size and (pixels.min() < 0 or pixels.max() > 1):
+            raise DataFormatError(
+                f"float image with values in [{pixels.min():.4g}, {pixels.max():.4g}]; mlkd reads float images "
+                "as intensities in [0, 1]. Rescale it to [0, 1], or save it as an 8- or 16-bit image"
+            )
+        return Image.fromarray(np.round(pixels * 255).astype(np.uint8), "L").convert("RGB")
+    return img.convert("RGB")  # a copy even for RGB: the file may be closed once this returns
+
+
+# Results of `_decode_problem` by (path, modification time, size): a run builds the same split more than
+# once (training and validation views, the pre-flight check), and a full decode pass is the costly part.
+_DECODED: dict[tuple[str, int, int], str | None] = {}
+
+
 def _decode_problem(path: Path) -> str | None:
     """Fully decode the image at ``path``; return why it failed, or ``None`` when it decodes."""
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    key = (str(path), stat.st_mtime_ns, stat.st_size)
+    if key not in _DECODED:
+        _DECODED[key] = _decode(path)
+    return _DECODED[key]
+
+
+def _header_problem(path: Path) -> str | None:
+    """Open the image at ``path`` reading its header only; return why it failed, or ``None``."""
+    try:
+        with Image.open(path) as img:
+            img.size  # noqa: B018  (the header gives the size; no pixel is decoded)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _decode(path: Path) -> str | None:
     try:
         with Image.open(path) as img:
             # JPEG draft mode decodes at a reduced scale: every byte is still entropy-decoded, so truncated
             # or corrupt files still fail, at a fraction of the cost of a full-size decode.
             img.draft("RGB", (64, 64))
             img.load()
+            to_rgb(img)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
@@ -95,6 +158,7 @@ class ImageListDataset(Dataset):
         classes: label names; position ``k`` of a target is label ``classes[k]``.
         images: the image files, in sample order.
         skipped: ``(path, reason)`` for every image dropped by ``skip_unreadable``.
+        decode_checked: True when every image was decoded at construction (``skip_unreadable``).
     """
 
     def __init__(
@@ -124,12 +188,31 @@ class ImageListDataset(Dataset):
         self.classes = list(classes)
         self.transform = transform
         self.skipped: list[tuple[Path, str]] = []
+        # With skip_unreadable every kept image has been decoded once: no need to check them again.
+        self.decode_checked = bool(skip_unreadable)
         self._origins = list(origins) if origins is not None else None
         keep = self._check_images([Path(p) for p in images], skip_unreadable)
         self.images = [Path(images[i]) for i in keep]
         if self._origins is not None:
             self._origins = [self._origins[i] for i in keep]
         self._targets = targets[keep].astype(np.uint8)
+
+    def unreadable(self, decode: Sequence[int], open_only: Sequence[int] = ()) -> list[str]:
+        """Find images that cannot be read, on several threads.
+
+        Args:
+            decode: indices of images to decode fully (at reduced scale for JPEG, as ``skip_unreadable``).
+            open_only: indices of images whose header only is read (format and size; catches files that
+                are not images, empty or cut off before the pixel data, at a fraction of a decode's cost).
+
+        Returns:
+            ``"path (listed at ...) (reason)"`` for each failing image, in index order.
+        """
+        jobs = [(i, _decode_problem) for i in decode] + [(i, _header_problem) for i in open_only]
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            found = list(pool.map(lambda job: (job[0], job[1](self.images[job[0]])), jobs))
+        return [f"{self._describe(self.images[i], i)} ({why})" for i, why in sorted(found, key=lambda f: f[0])
+                if why is not None]
 
     def _describe(self, path: Path, index: int) -> str:
         return f"{path} (listed at {self._origins[index]})" if self._origins is not None else str(path)
@@ -141,7 +224,7 @@ class ImageListDataset(Dataset):
             named = _named([self._describe(images[i], i) for i in missing])
             raise FileNotFoundError(
                 f"{len(missing)} of {len(images)} images are missing: {named}. "
-                "Fix the paths or the data set folder, or pass skip_unreadable=True to leave them out."
+                f"Fix the paths or the data set folder, or {SKIP_HINT} to leave them out."
             )
         if not skip_unreadable:
             return list(range(len(images)))
@@ -174,12 +257,11 @@ class ImageListDataset(Dataset):
         path = self.images[index]
         try:
             with Image.open(path) as img:
-                return img.convert("RGB")
+                return to_rgb(img)
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             raise DataFormatError(
                 f"{self._describe(path, index)}: cannot decode image ({type(exc).__name__}: {exc}). Replace the "
-                "file, or pass skip_unreadable=True to check every image once at construction and leave broken "
-                "ones out."
+                f"file, or {SKIP_HINT} to check every image once at construction and leave broken ones out."
             ) from exc
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:

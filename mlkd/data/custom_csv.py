@@ -15,11 +15,17 @@ around names are ignored), empty for an image with no label. Example::
     "photos/with,comma.jpg",dog
 
 Without ``classes.txt`` the classes are the sorted union of the names used in every split file present,
-so all splits share one class order.
+so all splits share one class order. Without ``val.csv`` training carves its validation images from
+``train.csv`` (``val_fraction``, seeded). Files are read as UTF-8 unless the ``encoding`` option says
+otherwise. Image paths must stay inside ``root`` (no absolute paths, no ``..`` that leaves it) unless
+``allow_outside_root`` is set. A label name that contains ``;``, ``,`` or a tab is accepted, with a warning that
+the file may use the wrong label separator. ``docs/data.md`` describes the format for users.
 """
 from __future__ import annotations
 
+import codecs
 import csv
+import logging
 import os
 from pathlib import Path
 
@@ -28,27 +34,64 @@ import numpy as np
 from mlkd.data.base import DataFormatError, ImageListDataset, Transform, require_file, require_root
 from mlkd.data.registry import register_dataset
 
+logger = logging.getLogger(__name__)
+
 SPLITS = ("train", "val", "test")
 HEADER = ["image", "labels"]
 _LAYOUT = "train.csv and test.csv (optionally val.csv and classes.txt) with the header 'image,labels'"
+# Characters that, inside one label name, suggest the file separates labels with something other than '|'.
+SUSPECT_SEPARATORS = (";", ",", "\t")
+# The format in a few lines, for `mlkd list` and the train/distill help (docs/data.md has the full text).
+FORMAT_SUMMARY = (
+    "csv data set (--dataset csv --data-root DIR): DIR holds train.csv and test.csv (optionally val.csv; "
+    "without it validation images are carved from train.csv) with the header 'image,labels'; one image per "
+    "line: a path relative to DIR, then its labels separated by '|' (e.g. img/1.jpg,cat|dog; empty for no "
+    "label). An optional classes.txt (one name per line) fixes the classes and their order. Options: "
+    "--dataset-option skip_unreadable=true leaves out missing or broken images; encoding=latin-1 reads "
+    "files that are not UTF-8; allow_outside_root=true allows image paths outside DIR. See docs/data.md."
+)
 
 
-def read_split_csv(path: Path) -> list[tuple[int, str, list[str]]]:
+# Files already warned about by `_warn_suspect_separators`.
+_WARNED: set[Path] = set()
+
+
+def _open_text(path: Path, encoding: str):
+    # utf-8-sig: spreadsheet programs often write a byte-order mark that would corrupt the header.
+    return open(path, encoding="utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding, newline="")
+
+
+def _encoding_error(path: Path, encoding: str, exc: UnicodeDecodeError) -> DataFormatError:
+    return DataFormatError(
+        f"{path}: not valid {encoding} text (byte {exc.object[exc.start:exc.start + 1]!r} at offset {exc.start}). "
+        "Re-save the file as UTF-8, or name its encoding with --dataset-option encoding=latin-1 (or cp1252, ...)."
+    )
+
+
+def read_split_csv(path: Path, encoding: str = "utf-8") -> list[tuple[int, str, list[str]]]:
     """Parse one split file.
 
     Args:
         path: ``<split>.csv``.
+        encoding: the file's text encoding (a byte-order mark is skipped for UTF-8).
 
     Returns:
         ``(line number, image path, label names)`` for every non-blank line after the header.
 
     Raises:
         DataFormatError: wrong header, a line without exactly two fields, an empty image path, or an
-            empty name inside a label list (e.g. ``cat||dog``); each message names the file and line.
+            empty name inside a label list (e.g. ``cat||dog``), or bytes that are not valid in
+            ``encoding``; each message names the file (and the line where known).
     """
+    try:
+        return _read_split_rows(path, encoding)
+    except UnicodeDecodeError as exc:
+        raise _encoding_error(path, encoding, exc) from None
+
+
+def _read_split_rows(path: Path, encoding: str) -> list[tuple[int, str, list[str]]]:
     rows = []
-    # utf-8-sig: spreadsheet programs often write a byte-order mark that would corrupt the header.
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    with _open_text(path, encoding) as f:
         reader = csv.reader(f)
         try:
             header = next(reader, None)
@@ -80,14 +123,20 @@ def read_split_csv(path: Path) -> list[tuple[int, str, list[str]]]:
     return rows
 
 
-def read_classes_txt(path: Path) -> list[str]:
+def read_classes_txt(path: Path, encoding: str = "utf-8") -> list[str]:
     """Label names from ``classes.txt``, one per line (blank lines ignored), in file order.
 
     Raises:
-        DataFormatError: a name listed twice, a name containing ``|``, or no name at all.
+        DataFormatError: a name listed twice, a name containing ``|``, no name at all, or bytes that are
+            not valid in ``encoding``.
     """
     classes: list[str] = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+    try:
+        with _open_text(path, encoding) as f:
+            text = f.read()
+    except UnicodeDecodeError as exc:
+        raise _encoding_error(path, encoding, exc) from None
+    for line_no, line in enumerate(text.splitlines(), start=1):
         name = line.strip()
         if not name:
             continue
@@ -108,6 +157,9 @@ class CsvDataset(ImageListDataset):
     Options:
         skip_unreadable: leave out missing or undecodable images instead of raising (see
             `ImageListDataset`).
+        encoding: text encoding of the CSV files and ``classes.txt`` (default UTF-8).
+        allow_outside_root: accept image paths that are absolute or leave ``root`` through ``..``
+            (refused by default, so that a CSV file cannot make mlkd read files elsewhere unasked).
     """
 
     def __init__(
@@ -117,14 +169,30 @@ class CsvDataset(ImageListDataset):
         transform: Transform | None = None,
         *,
         skip_unreadable: bool = False,
+        encoding: str = "utf-8",
+        allow_outside_root: bool = False,
     ) -> None:
         root_dir = require_root(root, "csv", _LAYOUT)
+        try:
+            codecs.lookup(encoding)
+        except (LookupError, TypeError):
+            raise ValueError(f"csv option encoding={encoding!r} is not a known text encoding; e.g. utf-8, latin-1, "
+                             "cp1252") from None
         require_file(root_dir / f"{split}.csv", f"{split} split", f"Write {split}.csv with the header 'image,labels'.")
         # Every split file is read, so that the class list (and order) is the same whichever split is built.
-        parsed = {s: read_split_csv(root_dir / f"{s}.csv") for s in SPLITS if (root_dir / f"{s}.csv").is_file()}
+        parsed = {s: read_split_csv(root_dir / f"{s}.csv", encoding)
+                  for s in SPLITS if (root_dir / f"{s}.csv").is_file()}
+        _warn_suspect_separators(root_dir / f"{split}.csv", parsed[split])
+        if not parsed[split]:
+            raise DataFormatError(
+                f"{root_dir / f'{split}.csv'}: the {split} split lists no image (only the header). Add one line "
+                "per image (path,labels), or delete the file if the split is optional (val.csv)."
+            )
+        if not allow_outside_root:
+            _check_inside_root(root_dir / f"{split}.csv", parsed[split])
         classes_file = root_dir / "classes.txt"
         if classes_file.is_file():
-            classes = read_classes_txt(classes_file)
+            classes = read_classes_txt(classes_file, encoding)
             known = set(classes)
             for s, rows in parsed.items():
                 for line, _, names in rows:
@@ -153,4 +221,37 @@ class CsvDataset(ImageListDataset):
             transform,
             skip_unreadable,
             origins=[f"{split}.csv:{line}" for line, _, _ in rows],
+        )
+
+
+def _check_inside_root(path: Path, rows: list[tuple[int, str, list[str]]]) -> None:
+    """Refuse image paths that are absolute or climb out of the data root with ``..``.
+
+    The check is on the written path, not on the resolved one, so a symbolic link inside the root that
+    points to another disk (a common way to lay out data) is still accepted.
+    """
+    for line, image, _ in rows:
+        written = image.replace("\\", "/")  # a Windows path, written on any system
+        drive = len(written) > 1 and written[1] == ":" and written[0].isalpha()
+        if written.startswith("/") or drive or os.path.normpath(written).split("/")[0] == "..":
+            raise DataFormatError(
+                f"{path}:{line}: the image path {image!r} leaves the data root. Write paths relative to "
+                "--data-root, or pass --dataset-option allow_outside_root=true to read files elsewhere."
+            )
+
+
+def _warn_suspect_separators(path: Path, rows: list[tuple[int, str, list[str]]]) -> None:
+    """Warn once per file when label names contain characters that look like a different label separator."""
+    suspects = [(line, name) for line, _, names in rows for name in names
+                if any(c in name for c in SUSPECT_SEPARATORS)]
+    if suspects and path not in _WARNED:
+        _WARNED.add(path)  # once per file and process: a run builds the same split several times
+        line, name = suspects[0]
+        parts = name
+        for sep in SUSPECT_SEPARATORS:
+            parts = parts.replace(sep, "|")
+        logger.warning(
+            "%s: %d label names contain ';', ',' or a tab (e.g. %r at line %d); each is read as ONE class. "
+            "mlkd separates labels with '|': write %r if these are several labels.",
+            path, len(suspects), name, line, "|".join(p.strip() for p in parts.split("|")),
         )

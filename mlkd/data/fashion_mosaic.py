@@ -10,7 +10,10 @@ random permutations of the split, one permutation after another, so no item repe
 of the split has been used once (10 000 train mosaics use 40 000 of the 60 000 train items, each once).
 With ``min_items < 4`` each mosaic holds a uniformly random number of items in ``[min_items, 4]`` in
 random cells, the other cells left black (the Fashion-MNIST background), which makes the task harder:
-fewer labels per image, and position no longer tells how many items there are.
+fewer labels per image, and position no longer tells how many items there are. With ``colors=k``
+(2 to 8) every item is tinted in one of the first ``k`` colours of `PALETTE` (drawn from a stream of its
+own, so the items and cells stay those of ``colors=0``) and the labels are the (colour, class) pairs
+present: ``10 k`` labels named like ``"red Shirt"``.
 
 The four standard files (``{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz``) are looked up, per split,
 in ``root`` (when given), then ``/usr/share/datasets/fashion-mnist`` (Debian's package
@@ -54,6 +57,25 @@ DEFAULT_NUM_MOSAICS = {"train": 10_000, "test": 2_000}
 CELLS = 4
 _SPLIT_STREAM = {"train": 0, "test": 1}
 _IDX_UBYTE = 0x08
+#: Tints for ``colors=k``: the first ``k`` entries, as (name, RGB multiplier of the grey item).
+PALETTE = (
+    ("red", (255, 48, 48)), ("green", (48, 210, 48)), ("blue", (64, 96, 255)), ("yellow", (240, 220, 32)),
+    ("magenta", (230, 48, 230)), ("cyan", (32, 210, 230)), ("orange", (255, 140, 16)), ("white", (255, 255, 255)),
+)
+
+
+def tint(gray: np.ndarray, color: int) -> np.ndarray:
+    """A ``[..., H, W]`` uint8 grey image as ``[..., H, W, 3]`` uint8 RGB: grey for ``color < 0``, else
+    scaled by `PALETTE` entry ``color``."""
+    if color < 0:
+        return np.repeat(gray[..., None], 3, axis=-1)
+    return np.rint(gray[..., None] * (np.array(PALETTE[color][1]) / 255.0)).astype(np.uint8)
+
+
+def color_class_names(colors: int) -> list[str]:
+    """Label names: the 10 classes for ``colors=0``, else ``"<colour> <class>"`` colour-major (label
+    ``colour * 10 + class``)."""
+    return [f"{name} {cls}" for name, _ in PALETTE[:colors] for cls in CLASSES] if colors else list(CLASSES)
 
 
 def cache_dir() -> Path:
@@ -182,12 +204,13 @@ def _check_int(name: str, value: object, low: int, high: int | None = None) -> i
 
 @register_dataset("fashion_mosaic", splits=("train", "test"))
 class FashionMosaic(Dataset):
-    """2x2 mosaics of Fashion-MNIST items, 10 labels (see the module doc).
+    """2x2 mosaics of Fashion-MNIST items, 10 labels (10 x colors when tinted; see the module doc).
 
     Options:
         num_mosaics: mosaics in the split (default 10 000 for train, 2 000 for test).
         seed: makes the mosaics reproducible (default 0); train and test use different streams.
         min_items: fewest items per mosaic, 0 to 4 (default 4: every cell holds an item).
+        colors: 0 for grey items and 10 labels (default), or 2 to 8 tints and 10 x colors labels.
         download: allow downloading the files into the cache folder when not found (default True).
 
     Attributes:
@@ -195,6 +218,7 @@ class FashionMosaic(Dataset):
         items: ``[N, 28, 28]`` uint8 Fashion-MNIST images of the split the mosaics are made of.
         item_labels: ``[N]`` int64 their classes.
         sources: ``[num_mosaics, 4]`` int64 index into ``items`` of each cell's item, -1 for an empty cell.
+        tints: ``[num_mosaics, 4]`` int64 palette index of each cell's item, -1 for grey or empty.
     """
 
     def __init__(
@@ -206,6 +230,7 @@ class FashionMosaic(Dataset):
         num_mosaics: int | None = None,
         seed: int = 0,
         min_items: int = CELLS,
+        colors: int = 0,
         download: bool = True,
     ) -> None:
         if split not in FILES:
@@ -213,12 +238,21 @@ class FashionMosaic(Dataset):
         count = _check_int("num_mosaics", DEFAULT_NUM_MOSAICS[split] if num_mosaics is None else num_mosaics, 1)
         seed = _check_int("seed", seed, 0)
         min_items = _check_int("min_items", min_items, 0, CELLS)
-        self.classes = list(CLASSES)
+        if colors != 0:
+            colors = _check_int("colors", colors, 2, len(PALETTE))
+        self.colors = colors
+        self.classes = color_class_names(colors)
         self.transform = transform
         self.items, self.item_labels = load_fashion_mnist(split, root, download)
         if len(self.items) == 0:
             raise DataFormatError(f"the Fashion-MNIST {split} files hold no images")
         self.sources = self._sample_sources(count, len(self.items), min_items, seed, split)
+        self.tints = np.full(self.sources.shape, -1, dtype=np.int64)
+        if colors:
+            # A stream of its own: colours never change which items go where.
+            filled = self.sources >= 0
+            self.tints[filled] = np.random.default_rng([seed, _SPLIT_STREAM[split], 2]).integers(
+                0, colors, size=int(filled.sum()))
 
     @staticmethod
     def _sample_sources(count: int, n_items: int, min_items: int, seed: int, split: str) -> np.ndarray:
@@ -240,8 +274,12 @@ class FashionMosaic(Dataset):
         filled = self.sources >= 0
         rows = np.nonzero(filled)[0]
         targets = np.zeros((len(self.sources), len(self.classes)), dtype=np.float32)
-        targets[rows, self.item_labels[self.sources[filled]]] = 1.0
+        targets[rows, self._labels(self.sources[filled], self.tints[filled])] = 1.0
         return torch.from_numpy(targets)
+
+    def _labels(self, sources: np.ndarray, tints: np.ndarray) -> np.ndarray:
+        labels = self.item_labels[sources]
+        return labels + len(CLASSES) * tints if self.colors else labels
 
     def __len__(self) -> int:
         return len(self.sources)
@@ -257,12 +295,21 @@ class FashionMosaic(Dataset):
         return out
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        """Return ``(transform(PIL RGB mosaic), target [10] float32)``; by default the image is ``[3, 56, 56]``."""
-        img = Image.fromarray(self.mosaic(index)).convert("RGB")
+        """Return ``(transform(PIL RGB mosaic), target [q] float32)``; by default the image is ``[3, 56, 56]``."""
+        gray = self.mosaic(index)
+        if self.colors:
+            h, w = self.items.shape[1:]
+            rgb = np.zeros(gray.shape + (3,), dtype=np.uint8)
+            for cell, color in enumerate(self.tints[index]):
+                r, c = divmod(cell, 2)
+                rgb[r * h:(r + 1) * h, c * w:(c + 1) * w] = tint(gray[r * h:(r + 1) * h, c * w:(c + 1) * w], color)
+            img = Image.fromarray(rgb)
+        else:
+            img = Image.fromarray(gray).convert("RGB")
         target = np.zeros(len(self.classes), dtype=np.float32)
         srcs = self.sources[index]
-        target[self.item_labels[srcs[srcs >= 0]]] = 1.0
+        target[self._labels(srcs[srcs >= 0], self.tints[index][srcs >= 0])] = 1.0
         return (self.transform or to_tensor)(img), torch.from_numpy(target)
 
     def __repr__(self) -> str:
-        return f"FashionMosaic({len(self)} mosaics of {len(self.items)} items, 10 classes)"
+        return f"FashionMosaic({len(self)} mosaics of {len(self.items)} items, {len(self.classes)} classes)"

@@ -24,6 +24,27 @@ def seed_worker(worker_id: int) -> None:
     np.random.seed(seed)
 
 
+# A training loader drops its last incomplete batch (an epoch of equal batches, and no batch of one,
+# which BatchNorm cannot train on), unless dropping it would leave out more than this share of the
+# samples: on small data sets (90 images in batches of 64) that would waste a large part of the data.
+KEEP_LAST_BATCH_ABOVE = 0.2
+
+
+def drop_last_batch(samples: int, batch_size: int) -> bool:
+    """Whether a training loader over ``samples`` samples (per process) drops its incomplete last batch.
+
+    See `KEEP_LAST_BATCH_ABOVE`: kept when it holds at least 2 samples and more than that share of them.
+    """
+    rest = samples % batch_size
+    return not (rest >= 2 and rest > KEEP_LAST_BATCH_ABOVE * samples)
+
+
+def train_batches(samples: int, batch_size: int) -> int:
+    """Batches per epoch of a training loader over ``samples`` samples per process (see `drop_last_batch`)."""
+    full, rest = divmod(samples, batch_size)
+    return full + (rest > 0 and not drop_last_batch(samples, batch_size))
+
+
 def build_loader(
     dataset: Dataset,
     batch_size: int,
@@ -37,8 +58,9 @@ def build_loader(
 ) -> DataLoader:
     """Build a DataLoader over ``dataset``.
 
-    Training loaders shuffle and drop the last incomplete batch; evaluation loaders keep the order and
-    every sample. Under ``torchrun`` (an initialised ``torch.distributed`` process group) each process
+    Training loaders shuffle and drop the last incomplete batch, except on small data sets where that
+    would leave out a large share of the samples (see `drop_last_batch`); evaluation loaders keep the
+    order and every sample. Under ``torchrun`` (an initialised ``torch.distributed`` process group) each process
     gets a `DistributedSampler` over its share of the data (shuffled for training, with ``seed``); the
     caller must then call ``loader.sampler.set_epoch(epoch)`` at the start of every epoch, or every
     epoch repeats the same order. A DistributedSampler pads the data with repeated samples so that all
@@ -56,7 +78,7 @@ def build_loader(
             rank ``r`` use ``seed + r`` so that ranks do not draw the same augmentations.
         distributed: use a DistributedSampler; ``None`` = when a process group is initialised.
         pin_memory: pin batches in page-locked memory; ``None`` = when CUDA is available.
-        drop_last: drop the last incomplete batch; ``None`` = ``train``.
+        drop_last: drop the last incomplete batch; ``None`` = `drop_last_batch` when training, else False.
 
     Returns:
         The DataLoader; its batches are ``(images [B, 3, H, W], targets [B, q])``.
@@ -79,11 +101,12 @@ def build_loader(
             "distributed=True needs an initialised torch.distributed process group; launch with torchrun "
             "and call torch.distributed.init_process_group first"
         )
-    drop_last = train if drop_last is None else drop_last
     pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
     rank = dist.get_rank() if distributed else 0
     sampler = DistributedSampler(dataset, shuffle=train, seed=seed) if distributed else None
     per_process = len(sampler) if sampler is not None else len(dataset)
+    if drop_last is None:
+        drop_last = train and drop_last_batch(per_process, batch_size)
     if drop_last and per_process < batch_size:
         raise ValueError(
             f"drop_last=True with {per_process} samples per process and batch_size={batch_size} leaves no "

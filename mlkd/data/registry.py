@@ -11,6 +11,7 @@ import inspect
 import os
 from typing import Callable, Sequence, TypeVar
 
+import numpy as np
 from torch.utils.data import Dataset
 
 from mlkd.data.base import Transform
@@ -101,4 +102,16 @@ def create_dataset(
     if unknown:
         valid = ", ".join(f"{k}={v!r}" for k, v in entry.options.items()) or "none"
         raise ValueError(f"data set {name!r} has no option {', '.join(map(repr, unknown))}. Valid options: {valid}")
+    for key, value in options.items():
+        _check_option_type(name, key, value, entry.options[key])
     return entry.cls(root, split, transform, **options)
+
+
+def _check_option_type(dataset: str, key: str, value: object, default: object) -> None:
+    """Refuse a non-boolean value for a switch (``skip_unreadable=maybe`` would be read as true).
+
+    Other kinds of option are checked by their reader, with its own ranges.
+    """
+    if isinstance(default, bool) and not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"data set {dataset!r} option {key} must be true or false (default {default!r}), "
+                         f"got {value!r}")

@@ -4,13 +4,16 @@ Training (method §5): resize to a square, Cutout with a random-colour box of up
 RandAugment, then conversion to a float tensor in [0, 1]; no mean/std normalisation unless asked for
 (``normalize=True``, for ImageNet-pretrained backbones). Evaluation: resize and convert only.
 
-Every random choice draws from torch's random generator, so seeding torch (and the DataLoader workers,
-see `mlkd.data.build_loader`) makes the augmentation reproducible. All transform objects are picklable,
+Every random choice draws from torch's CPU random generator, so seeding it makes the augmentation
+reproducible: `seeded_rng` draws one sample's augmentation from its own seed (what
+`mlkd.data.views.AugmentedViews` does for training, so that a view depends on (seed, image, view) only,
+never on the batch, the worker process or the number of workers). All transform objects are picklable,
 so they work with DataLoader worker processes under any start method.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence
 
 import torch
 from PIL import Image, ImageDraw
@@ -25,6 +28,21 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def to_tensor(img: Image.Image) -> Tensor:
     """PIL image -> ``[3, H, W]`` float32 tensor in [0, 1]; grayscale and other modes become RGB."""
     return TF.to_tensor(img if img.mode == "RGB" else img.convert("RGB"))
+
+
+@contextmanager
+def seeded_rng(seed: int) -> Iterator[None]:
+    """Run the block with torch's CPU generator seeded with ``seed``, then restore its previous state.
+
+    Only the CPU default generator is touched (``torch.manual_seed`` would also reseed CUDA's), and the
+    caller's random stream is left exactly where it was.
+    """
+    state = torch.get_rng_state()
+    torch.default_generator.manual_seed(seed)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(state)
 
 
 class ToRGB:

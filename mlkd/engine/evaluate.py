@@ -1,6 +1,7 @@
 """Scoring a model on a data set, exactly, on one process or many."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -11,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mlkd.engine.distributed import all_gather_varlen, current_info
 from mlkd.engine.logging import progress
+from mlkd.files import atomic_write
 from mlkd.metrics import average_precision_per_label, multilabel_metrics
 
 
@@ -130,3 +132,20 @@ def compute_metrics(scores: np.ndarray, targets: np.ndarray, threshold: float,
     metrics["AP_per_label"] = {c: (None if np.isnan(a) else float(a)) for c, a in zip(classes, ap)}
     metrics["num_images"] = int(scores.shape[0])
     return metrics
+
+
+def save_scores(path: str | Path, scores: np.ndarray, targets: np.ndarray) -> Path:
+    """Write per-image ``scores [n, q]`` (float64) and binary ``targets [n, q]`` to an ``.npz`` file, atomically."""
+    def write(f) -> None:
+        np.savez(f, scores=np.asarray(scores, dtype=np.float64), targets=np.asarray(targets, dtype=np.uint8))
+
+    return atomic_write(path, write)
+
+
+def load_scores(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """The ``scores [n, q]`` and ``targets [n, q]`` that `save_scores` wrote (float64 both)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path} does not exist: runs of older mlkd versions lack the per-image test scores; "
+                                "resume the run with --resume (a finished run then only rewrites its final report)")
+    with np.load(path) as data:
+        return data["scores"].astype(np.float64), data["targets"].astype(np.float64)

@@ -5,10 +5,10 @@ and schedule, the epochs with validation and checkpoints, and the final test rep
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,16 +16,23 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from mlkd.config import RunConfig
+from mlkd.config import RunConfig, load_yaml, resume_comparable
 from mlkd.data import build_loader, build_transforms, create_dataset
+from mlkd.data.views import AugmentedViews
 from mlkd.engine import distributed as ddp
 from mlkd.engine.checkpoint import load_checkpoint, model_from_checkpoint, rng_state, save_checkpoint, set_rng_state
-from mlkd.engine.evaluate import IndexedDataset, ModelInput, compute_metrics, eval_loader, predict
+from mlkd.engine.evaluate import ModelInput, compute_metrics, eval_loader, predict, save_scores
+from mlkd.engine.preflight import check_run
 from mlkd.engine.logging import RunLogger, plot_learning_curves, progress
-from mlkd.engine.teacher_cache import TeacherCache, shared_cache
+from mlkd.engine.run_folder import RunFolder, foreign_entries
+from mlkd.engine.summary import summarize_run
+from mlkd.engine.teacher_cache import DEFAULT_VIEWS, TeacherCache, fill_view, shared_cache
+from mlkd.engine.threads import set_threads
+from mlkd.files import atomic_write_text
 from mlkd.losses import create_distiller
 from mlkd.models import create_model
 from mlkd.outputs import LossOutput, ModelOutput
@@ -36,7 +43,8 @@ log = logging.getLogger("mlkd")
 # seed, so that the teacher and every student of a comparison select on the same held-out images.
 SPLIT_SEED = 0
 # Settings that do not change what a resumed run computes.
-RESUME_MAY_CHANGE = {"resume", "output", "quiet", "workers", "device", "tensorboard", "data_root"}
+RESUME_MAY_CHANGE = {"resume", "output", "quiet", "workers", "device", "tensorboard", "data_root", "cache_limit_gib",
+                     "threads"}
 
 
 @dataclass
@@ -93,10 +101,26 @@ def fit(cfg: RunConfig) -> RunResult:
 
 
 def _fit(cfg: RunConfig, info: ddp.DistInfo, device: torch.device) -> RunResult:
+    check_run(cfg, info.world_size)  # options and data, before anything is written (engine/preflight.py)
     out_dir = Path(cfg.output)
-    resume_state = _prepare_output(cfg, out_dir, info)
+    folder, resume_state = _prepare_output(cfg, out_dir, info)
+    try:
+        return _run(cfg, info, device, out_dir, resume_state)
+    except Exception:
+        # A run that failed before its first epoch leaves no folder behind that it created.
+        if folder is not None:
+            folder.discard_if_unused()
+        raise
+    finally:
+        if folder is not None:
+            folder.release()
+
+
+def _run(cfg: RunConfig, info: ddp.DistInfo, device: torch.device, out_dir: Path,
+         resume_state: dict[str, Any] | None) -> RunResult:
     _seed_everything(cfg.seed)
     amp_dtype = _amp_dtype(cfg, device)
+    threads = set_threads(cfg.threads)
 
     # Data.
     train_set, val_set, test_set = build_datasets(cfg)
@@ -136,8 +160,9 @@ def _fit(cfg: RunConfig, info: ddp.DistInfo, device: torch.device) -> RunResult:
     distiller.to(device)
 
     # Loaders, optimiser, schedule.
-    train_loader = build_loader(IndexedDataset(train_set), cfg.batch_size, train=True, workers=cfg.workers,
-                                seed=cfg.seed)
+    # Each item is a reproducible augmented view (image, target, index, view id): see mlkd.data.views.
+    train_views = AugmentedViews(train_set, train_view_count(cfg), cfg.seed)
+    train_loader = build_loader(train_views, cfg.batch_size, train=True, workers=cfg.workers, seed=cfg.seed)
     if len(train_loader) == 0:
         raise ValueError(f"the training set has {len(train_set)} images, fewer than one batch of {cfg.batch_size} "
                          "(training drops incomplete batches); lower --batch-size")
@@ -157,14 +182,15 @@ def _fit(cfg: RunConfig, info: ddp.DistInfo, device: torch.device) -> RunResult:
 
     cache = None
     if cfg.cache_teacher and teacher is not None:
-        check_cache_allowed(cfg)
-        cache = shared_cache(_cache_key(cfg, info), len(train_set),
+        cache = shared_cache(_cache_key(cfg, train_views.views), len(train_set), train_views.views,
                              keep_embeddings=distiller.uses_embeddings,
-                             feature_levels=distiller.teacher_feature_levels if distiller.uses_features else 0)
+                             feature_levels=distiller.teacher_feature_levels if distiller.uses_features else 0,
+                             sample=t_sample, limit_gib=cfg.cache_limit_gib)
 
     start_epoch, best_map, best_epoch = 0, -math.inf, 0
-    logger = RunLogger(out_dir, tensorboard=cfg.tensorboard, resume=resume_state is not None) if info.is_main else None
+    history: list[dict[str, Any]] = []
     if resume_state is not None:
+        _check_resumed_classes(resume_state, classes, out_dir)
         inner.student.load_state_dict(resume_state["model"])
         inner.distiller.load_state_dict(resume_state["distiller"])
         optimizer.load_state_dict(resume_state["optimizer"])
@@ -172,12 +198,19 @@ def _fit(cfg: RunConfig, info: ddp.DistInfo, device: torch.device) -> RunResult:
         scaler.load_state_dict(resume_state["scaler"])
         set_rng_state(resume_state["rng"])
         start_epoch, best_map, best_epoch = resume_state["epoch"], resume_state["best_map"], resume_state["best_epoch"]
-        if logger:
-            logger.truncate(start_epoch)
+        history = [dict(r) for r in resume_state.get("history", [])]
         log.info("resumed %s after epoch %d", out_dir, start_epoch)
+    elif info.is_main:
+        # Written only now, after the data, models and settings passed every check: a run that
+        # fails earlier leaves no folder that holds nothing but its config.
+        atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(_saved_config(cfg).to_dict(), sort_keys=False))
+    # The logs are rebuilt from the committed history: after a crash they hold exactly its epochs.
+    logger = RunLogger(out_dir, tensorboard=cfg.tensorboard, history=history) if info.is_main else None
 
+    run_facts = summarize_run(cfg, info, device, threads, (train_set, val_set, test_set), inner, teacher, teacher_input,
+                              student_input, amp_dtype, steps_per_epoch, start_epoch)
     common = {"model_args": student.model_args,
-              "classes": classes, "config": cfg.to_dict(), "input_norm": student_input.stats}
+              "classes": classes, "config": _saved_config(cfg).to_dict(), "input_norm": student_input.stats}
     show = info.is_main and not cfg.quiet
     for epoch in range(start_epoch, cfg.epochs):
         if hasattr(train_loader.sampler, "set_epoch"):
@@ -186,7 +219,12 @@ def _fit(cfg: RunConfig, info: ddp.DistInfo, device: torch.device) -> RunResult:
             # Shuffling and worker seeds depend on (seed, epoch, rank) only, so a resumed run sees
             # the same batches and augmentations as an uninterrupted one.
             train_loader.generator.manual_seed((cfg.seed * 100_003 + epoch) * 1_009 + info.rank)
+        train_views.set_epoch(epoch)
         t0 = time.perf_counter()
+        if cache is not None:  # the teacher runs on the epoch's view of the images not cached yet
+            shard = list(train_loader.sampler) if isinstance(train_loader.sampler, DistributedSampler) else None
+            fill_view(cache, teacher, teacher_input, train_views, train_views.current_view, device, amp_dtype,
+                      cfg.workers, indices=shard, show=show)
         sums = run_epoch(train_step, train_loader, optimizer, scheduler, scaler, teacher, teacher_input,
                          student_input, cache, device, amp_dtype, cfg.grad_clip, f"epoch {epoch + 1}/{cfg.epochs}", show)
         seconds = time.perf_counter() - t0
@@ -199,16 +237,19 @@ def _fit(cfg: RunConfig, info: ddp.DistInfo, device: torch.device) -> RunResult:
         improved = val_map > best_map
         if improved:
             best_map, best_epoch = val_map, epoch + 1
+        history.append(record)
         if info.is_main:
+            # The epoch's commit: last.pt holds everything else is derived from (best.pt when this epoch
+            # is the best, the logs from its history), so a crash at any instant and --resume end as
+            # the uninterrupted run (see `_recover_derived`).
             state = {**common, "model": inner.student.state_dict(), "distiller": inner.distiller.state_dict(),
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                      "scaler": scaler.state_dict(), "rng": rng_state(), "epoch": epoch + 1,
-                     "best_map": best_map, "best_epoch": best_epoch}
+                     "best_map": best_map, "best_epoch": best_epoch, "history": history}
             save_checkpoint(state, out_dir / "last.pt")
             if improved:
-                save_checkpoint({**common, "model": state["model"], "epoch": epoch + 1, "best_map": best_map},
-                                out_dir / "best.pt")
-            logger.add(record)
+                save_checkpoint(_best_state(state), out_dir / "best.pt")
+            logger.write(history)
             if not cfg.quiet:
                 terms = " ".join(f"{k[len('train_'):]}={v:.4g}" for k, v in record.items() if k.startswith("train_"))
                 log.info("epoch %d/%d  %s  val mAP %.2f%%  %.0f img/s", epoch + 1, cfg.epochs, terms,
@@ -223,12 +264,12 @@ def _fit(cfg: RunConfig, info: ddp.DistInfo, device: torch.device) -> RunResult:
                                         device, student_input, amp_dtype)
     metrics = compute_metrics(test_scores, test_targets, cfg.threshold, classes)
     metrics.update({"split": cfg.test_split, "best_epoch": best_epoch, "best_val_mAP": best_map,
-                    "method": cfg.method, "model": cfg.model, "seed": cfg.seed})
-    history = logger.records if logger else []
+                    "method": cfg.method, "model": cfg.model, "seed": cfg.seed, **run_facts})
     if info.is_main:
         _write_json(metrics, out_dir / "metrics.json")
-        plot_learning_curves(history, out_dir / "learning_curve.png",
-                             f"{cfg.model} ({cfg.method}) on {cfg.dataset}")
+        # Per-image scores let `mlkd bench` bootstrap over test images (paired with another run's).
+        save_scores(out_dir / "test_scores.npz", test_scores, test_targets)
+        plot_learning_curves(history, out_dir / "learning_curve.png", f"{cfg.model} on {cfg.dataset}", cfg.method)
         logger.close()
     return RunResult(out_dir, metrics, best_epoch, history)
 
@@ -243,11 +284,11 @@ def run_epoch(train_step: nn.Module, loader: DataLoader, optimizer, scheduler, s
     seen = 0
     bar = progress(loader, len(loader), desc, show)
     t0 = time.perf_counter()
-    for step, (images, targets, index) in enumerate(bar):
+    for step, (images, targets, index, view) in enumerate(bar):
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            teacher_out = teacher_outputs(teacher, teacher_input, images, index, cache, device)
+            teacher_out = teacher_outputs(teacher, teacher_input, images, index, view, cache, device)
             total, terms = train_step(student_input(images), teacher_out, targets)
         if not torch.isfinite(total):
             parts = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
@@ -273,33 +314,48 @@ def run_epoch(train_step: nn.Module, loader: DataLoader, optimizer, scheduler, s
 
 
 @torch.no_grad()
-def teacher_outputs(teacher: nn.Module | None, norm: ModelInput, images: Tensor, index: Tensor,
+def teacher_outputs(teacher: nn.Module | None, norm: ModelInput, images: Tensor, index: Tensor, view: Tensor,
                     cache: TeacherCache | None, device: torch.device) -> ModelOutput | None:
-    """The frozen teacher's outputs for a batch; with a cache, the teacher runs only on the images
-    of the batch that are not cached yet (in eval mode an image's output does not depend on its batch).
+    """The frozen teacher's outputs for the student's batch ``images [B, 3, H, W]``.
+
+    Consistent teaching: without a cache the teacher sees exactly the student's augmented images,
+    resized and normalised its own way by ``norm``. With a cache the outputs of the same views
+    (``index [B]``, ``view [B]``) are read back; `fill_view` computed them on identical images.
     """
     if teacher is None:
         return None
     if cache is None:
-        return teacher(norm(images))
-    missing = (~cache.filled[index.cpu()]).nonzero().squeeze(1)
-    if len(missing):
-        cache.put(index.cpu()[missing], teacher(norm(images[missing.to(images.device)])))
-    return cache.get(index, device)
+        out = teacher(norm(images))
+        # The cache hands back contiguous copies, and a loss's rounding can depend on the memory layout
+        # of its inputs (a model's logits are often a transposed view): the same layout both ways keeps
+        # a cached run bit-identical to an uncached one.
+        return ModelOutput(out.logits.contiguous(),
+                           None if out.label_embeddings is None else out.label_embeddings.contiguous(),
+                           [f.contiguous() for f in out.features])
+    return cache.get(index, view, device)
 
 
-def check_cache_allowed(cfg: RunConfig) -> None:
-    """Refuse ``--cache-teacher`` where a cached teacher output would be stale."""
-    if cfg.augment:
-        raise ValueError("--cache-teacher needs the same training input every epoch, but random augmentation "
-                         "is on; pass --no-augment (augment: false) or drop --cache-teacher")
+def train_view_count(cfg: RunConfig) -> int | None:
+    """Fixed augmented views per training image (see mlkd.data.views), or None for a fresh view per epoch.
+
+    Without augmentation an image has one view. With it, ``teacher_views`` when given; otherwise
+    `DEFAULT_VIEWS` when the teacher's outputs are cached, and fresh views (the paper's) when not.
+    """
+    if not cfg.augment:
+        if cfg.teacher_views not in (None, 1):
+            log.info("teacher_views=%d has no effect without augmentation (each image has one view)", cfg.teacher_views)
+        return 1
+    if cfg.teacher_views is not None:
+        return cfg.teacher_views
+    return DEFAULT_VIEWS if cfg.cache_teacher else None
 
 
-def _cache_key(cfg: RunConfig, info: ddp.DistInfo) -> tuple:
-    """Everything that determines the teacher's output for a training-set index."""
+def _cache_key(cfg: RunConfig, views: int) -> tuple:
+    """Everything that determines the teacher's output for a training-set (index, view)."""
     path = Path(cfg.teacher).resolve()
     return (str(path), path.stat().st_mtime_ns, cfg.dataset, cfg.data_root, repr(sorted(cfg.dataset_options.items())),
-            cfg.train_split, cfg.val_split, cfg.val_fraction, cfg.img_size, info.rank)
+            cfg.train_split, cfg.val_split, cfg.val_fraction, cfg.img_size, cfg.augment, views,
+            cfg.amp and cfg.amp_dtype)
 
 
 def build_optimizer(module: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -342,10 +398,14 @@ def _with_classes(subset: Subset, classes: list[str]) -> Subset:
     return subset
 
 
-def load_teacher(path: str | None, classes: list[str], device: torch.device) -> tuple[nn.Module, ModelInput]:
+def load_teacher(path: str | None, classes: list[str], device: torch.device, *,
+                 channels_last: bool = True) -> tuple[nn.Module, ModelInput]:
     """The frozen teacher from its checkpoint: eval mode, no gradient, classes checked.
 
-    The teacher sees each batch at the resolution and normalisation it was trained with.
+    The teacher sees each batch at the resolution and normalisation it was trained with. With
+    ``channels_last`` (default) it runs in NHWC memory format, oneDNN's and cuDNN's preferred layout:
+    1.5× faster for the demo teacher on the CPU, outputs equal to float rounding (docs/benchmarks.md,
+    teacher_speed); ``teacher.inference_settings`` records the setting.
     """
     if not path:
         raise ValueError("this method distils from a teacher: pass --teacher PATH (a best.pt written by mlkd train)")
@@ -355,7 +415,17 @@ def load_teacher(path: str | None, classes: list[str], device: torch.device) -> 
                          f"{classes}; train a teacher on this data set first")
     teacher.requires_grad_(False)
     size = (state.get("config") or {}).get("img_size")
-    return teacher.to(device).eval(), ModelInput.from_stats(state.get("input_norm"), size).to(device)
+    teacher = teacher.to(device).eval()
+    teacher.inference_settings = {"channels_last": bool(channels_last)}
+    if channels_last:
+        teacher.to(memory_format=torch.channels_last)
+        teacher.register_forward_pre_hook(_to_channels_last)
+    return teacher, ModelInput.from_stats(state.get("input_norm"), size).to(device)
+
+
+def _to_channels_last(module: nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook: the image batch in NHWC memory format (same values, another layout)."""
+    return (args[0].contiguous(memory_format=torch.channels_last), *args[1:])
 
 
 def _student_input(cfg: RunConfig, student: nn.Module) -> ModelInput:
@@ -378,44 +448,118 @@ def _amp_dtype(cfg: RunConfig, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if cfg.amp_dtype == "bfloat16" else torch.float16
 
 
-def _prepare_output(cfg: RunConfig, out_dir: Path, info: ddp.DistInfo) -> dict[str, Any] | None:
-    """Create the output folder, refusing to overwrite a run unless resuming; return the resume state.
+def _prepare_output(cfg: RunConfig, out_dir: Path,
+                    info: ddp.DistInfo) -> tuple[RunFolder | None, dict[str, Any] | None]:
+    """Take the output folder (created, locked) and check it; return it (rank 0) and the resume state.
 
     Rank 0 decides and reads the files; other ranks receive its answer, so a multi-node run needs the
     output folder on rank 0's machine only.
     """
     answer: tuple[Exception | None, dict[str, Any] | None] = (None, None)
+    folder = None
     if info.is_main:
-        answer = _check_output(cfg, out_dir)
+        try:
+            folder = RunFolder(out_dir).open()
+            answer = _check_output(cfg, folder)
+        except (OSError, ValueError) as err:
+            answer = (err, None)
+        if answer[0] is not None and folder is not None:
+            folder.discard_if_unused()
+            folder.release()
     error, state = ddp.broadcast_object(answer)
     if error is not None:
         raise error
-    return state
+    return folder, state
 
 
-def _check_output(cfg: RunConfig, out_dir: Path) -> tuple[Exception | None, dict[str, Any] | None]:
+def _check_output(cfg: RunConfig, folder: RunFolder) -> tuple[Exception | None, dict[str, Any] | None]:
+    """With the folder locked: refuse to overwrite a run unless resuming; return the resume state."""
+    out_dir = folder.path
     last = out_dir / "last.pt"
     if cfg.resume:
         if not last.exists():
-            return FileNotFoundError(f"--resume: {last} does not exist; start the run without --resume"), None
+            saved = out_dir / "config.yaml"
+            if folder.used_before and not foreign_entries(out_dir):
+                # Stopped before its first epoch was committed: nothing to continue but the settings.
+                error = _changed_settings(load_yaml(saved), cfg, out_dir) if saved.is_file() else None
+                if error is None:
+                    log.info("%s stopped before its first epoch finished; starting it from the beginning", out_dir)
+                return error, None
+            return FileNotFoundError(f"--resume: nothing to resume in {out_dir} (no last.pt); start the run "
+                                     "without --resume"), None
         state = load_checkpoint(last)
-        saved, now = state.get("config") or {}, cfg.to_dict()
-        changed = [f"{k}: {saved[k]!r} -> {now[k]!r}" for k in now
-                   if k not in RESUME_MAY_CHANGE and k in saved and saved[k] != now[k]]
-        if changed:
-            return ValueError(f"--resume continues the run in {out_dir} exactly as it was configured, but these "
-                              f"settings differ from its checkpoint: {'; '.join(changed)}. Resume with the original "
-                              f"settings, or start a new run in another --output (--weights {last} starts from "
-                              "its weights)"), None
+        error = _changed_settings(state.get("config") or {}, cfg, out_dir)
+        if error is not None:
+            return error, None
+        _recover_derived(state, out_dir)
         if state["epoch"] >= cfg.epochs:
             log.info("%s already finished %d epochs; writing the final report only", out_dir, state["epoch"])
         return None, state
     if last.exists():
-        return FileExistsError(f"{out_dir} already holds a run (last.pt); pass --resume to continue it "
-                               "or choose another --output"), None
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cfg.save(out_dir / "config.yaml")
+        return FileExistsError(f"{out_dir} already holds a run (last.pt); continue it with --resume "
+                               f"(`--output {out_dir} --resume` reads its config.yaml) or choose another --output"), None
+    # Only a folder that an mlkd run opened before may hold files already (mlkd's own, of a run that
+    # stopped before its first epoch); in any other folder every entry is someone else's.
+    foreign = foreign_entries(out_dir) if folder.used_before else folder.entries()
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        return FileExistsError(f"{out_dir} holds files that are not an mlkd run ({shown}); mlkd writes runs into "
+                               "a new or empty folder only: choose another --output"), None
     return None, None
+
+
+def _changed_settings(saved: dict[str, Any], cfg: RunConfig, out_dir: Path) -> ValueError | None:
+    """The error for a resume whose settings differ from the run's own, or None."""
+    saved, now = resume_comparable(saved), resume_comparable(cfg.to_dict())  # skip_unreadable may change
+    changed = [f"{k}: {saved[k]!r} -> {now[k]!r}" for k in now
+               if k not in RESUME_MAY_CHANGE and k in saved and saved[k] != now[k]]
+    if not changed:
+        return None
+    return ValueError(f"--resume continues the run in {out_dir} exactly as it was configured, but these settings "
+                      f"differ from it: {'; '.join(changed)}. Resume with the original settings: "
+                      f"`--config {out_dir / 'config.yaml'} --resume`, or `--output {out_dir} --resume` with no "
+                      f"other flags; or start a new run in another --output (--weights {out_dir / 'last.pt'} "
+                      "starts from its weights)")
+
+
+def _best_state(last: dict[str, Any]) -> dict[str, Any]:
+    """best.pt's content from the last.pt of the epoch that was the best: the weights and the run's facts."""
+    keep = ("model_args", "classes", "config", "input_norm", "model", "epoch", "best_map")
+    return {k: last[k] for k in keep if k in last}
+
+
+def _recover_derived(state: dict[str, Any], out_dir: Path) -> None:
+    """Bring best.pt up to the committed last.pt after a crash between the two writes.
+
+    An epoch commits by writing last.pt, then best.pt when it is the best so far. A crash in between
+    leaves a best.pt of an earlier epoch, while last.pt holds the best epoch's weights: rewrite it.
+    """
+    best = out_dir / "best.pt"
+    if state["best_epoch"] != state["epoch"]:
+        return
+    try:
+        current = load_checkpoint(best)["epoch"] if best.exists() else None
+    except ValueError:  # a best.pt that cannot be read is rewritten from last.pt as well
+        current = None
+    if current != state["epoch"]:
+        save_checkpoint(_best_state(state), best)
+        log.info("rewrote %s from last.pt (the run stopped while writing it)", best)
+
+
+def _check_resumed_classes(state: dict[str, Any], classes: list[str], out_dir: Path) -> None:
+    """Refuse to resume on data with other labels (the checkpoint's head would not fit)."""
+    saved = list(state.get("classes") or [])
+    if saved != list(classes):
+        root = (state.get("config") or {}).get("data_root")
+        raise ValueError(f"--resume: the run in {out_dir} was trained on {len(saved)} classes {saved[:8]}"
+                         f"{'...' if len(saved) > 8 else ''}, but the data now has {len(classes)} classes "
+                         f"{list(classes)[:8]}{'...' if len(classes) > 8 else ''}; resume with the run's own data "
+                         f"(its --data-root was {root!r})")
+
+
+def _saved_config(cfg: RunConfig) -> RunConfig:
+    """The configuration as recorded in config.yaml and checkpoints: how to run it again from scratch."""
+    return dataclasses.replace(cfg, resume=False)
 
 
 def _seed_everything(seed: int) -> None:
@@ -427,11 +571,4 @@ def _seed_everything(seed: int) -> None:
 
 
 def _write_json(obj: dict[str, Any], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(path)
-
-
-def clear_run(path: str | Path) -> None:
-    """Remove an earlier run's folder (used by `mlkd demo`, which always starts afresh)."""
-    shutil.rmtree(path, ignore_errors=True)
+    atomic_write_text(path, json.dumps(obj, indent=2))

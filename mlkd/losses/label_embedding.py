@@ -12,9 +12,16 @@ All groups (labels for CD, images for ID) are computed at once, without a Python
 4. form the exact difference of every pair straight from the full ``[N·q, d]`` tensor with one
    ``embedding_bag`` (sum, weights ±1: no gathered copies), take norms, and reduce per group with
    ``index_add`` (masked means, smooth-L1 sums). The backward pass is written by hand
-   (``_StructureFunction``): a few ``[pairs]``-sized operations and one more ``embedding_bag`` that
-   writes the full ``[N, q, d]`` gradient in one go (the floor's own cost). The teacher side never
-   enters autograd.
+   (``_StructureFunction``): a few ``[pairs]``-sized operations and two ``index_add_`` of the
+   scaled differences into one zeroed ``[N, q, d]`` gradient (the floor's own cost; the only
+   full-size buffer of a call). The teacher side never enters autograd.
+
+Value checks never pass over the ``[N, q, d]`` inputs: the finished terms are checked (one host
+sync), and only when one is not finite are the inputs inspected, to name the culprit. A NaN or inf
+in an embedding a term reads makes that term non-finite; entries the terms do not read (negative
+labels) cannot change the result. Finite inputs so large that squared distances overflow (about
+1e19 in float32) are recomputed with each side scaled by a power of two, which is exact, and H is
+scale-free, so the values are those of exact arithmetic.
 
 CD and ID share one pair list (CD's groups first, then ID's), so the whole of LED is one pass.
 Cost therefore follows the positives and their pairs, not q² or N²: a 1,000-label batch with a few
@@ -24,6 +31,10 @@ in m images of the batch adds m(m − 1)/2 pairs.
 from __future__ import annotations
 
 import functools
+import threading
+import weakref
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +49,8 @@ from mlkd.losses._checks import (
     compute_dtype,
     full_precision,
 )
+
+T = TypeVar("T")
 
 
 def _pair_rows(rank: Tensor, row: Tensor, group: Tensor, n_pairs: int) -> tuple[Tensor, Tensor]:
@@ -58,22 +71,39 @@ def _pair_rows(rank: Tensor, row: Tensor, group: Tensor, n_pairs: int) -> tuple[
         each pair ``[n_pairs]``, pairs in set order.
     """
     a = torch.repeat_interleave(rank, output_size=n_pairs)
-    shift = torch.arange(rank.numel(), device=rank.device) - rank.cumsum(0)  # p − r − S_p
-    b = torch.arange(n_pairs, device=rank.device) + shift.index_select(0, a)
+    shift = _ramp(rank.numel(), rank.device) - rank.cumsum(0)  # p − r − S_p
+    b = _ramp(n_pairs, rank.device) + shift.index_select(0, a)
     return row.index_select(0, torch.stack([a, b], dim=1).view(-1)), group.index_select(0, a)
 
 
-@functools.lru_cache(maxsize=8)
-def _unit_signs(dtype: torch.dtype, device: torch.device) -> Tensor:
-    """``[1, −1]``, made once per dtype and device (no host-to-device copy per call)."""
-    return torch.tensor([1.0, -1.0], dtype=dtype, device=device)
+# Constant index vectors (0, 1, 2, ...; 0, 2, 4, ...; +1, −1, +1, ...) are sliced from buffers that
+# grow by doubling, instead of being allocated and filled on every call.
+_PREFIX_BUFFERS: dict[tuple, Tensor] = {}
+
+
+def _prefix(key: tuple, n: int, make: Callable[[int], Tensor]) -> Tensor:
+    """The first ``n`` entries of the cached buffer ``key`` (a view), built by ``make(size)``."""
+    buf = _PREFIX_BUFFERS.get(key)
+    if buf is None or buf.numel() < n:
+        with torch.inference_mode(False):  # an ordinary tensor, usable later outside inference mode
+            buf = make(max(n, 1024, 0 if buf is None else 2 * buf.numel()))
+        _PREFIX_BUFFERS[key] = buf
+    return buf[:n]
+
+
+def _ramp(n: int, device: torch.device) -> Tensor:
+    """``arange(n)`` (int64) as a view of a cached buffer."""
+    return _prefix(("ramp", device), n, lambda size: torch.arange(size, device=device))
 
 
 def _difference_bags(ends: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
     """``embedding_bag`` (sum) arguments whose bag k is ``table[ends[2k]] − table[ends[2k + 1]]``."""
     n_pairs = ends.numel() // 2
-    offsets = torch.arange(0, 2 * n_pairs, 2, device=ends.device)
-    return ends, offsets, _unit_signs(dtype, ends.device).repeat(n_pairs)
+    dev = ends.device
+    offsets = _prefix(("even", dev), n_pairs, lambda size: torch.arange(0, 2 * size, 2, device=dev))
+    signs = _prefix(("signs", dtype, dev), 2 * n_pairs,
+                    lambda size: torch.tensor([1.0, -1.0], dtype=dtype, device=dev).repeat((size + 1) // 2))
+    return ends, offsets, signs
 
 
 def _pair_distances(table: Tensor, bags: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor]:
@@ -90,15 +120,15 @@ class _StructureFunction(torch.autograd.Function):
     distances, smooth-L1, per-set sums. Backward by hand, for the student table only: with
     ``ŝ = d / μ`` and ``μ_g = Σ_{p∈g} d_p / n_g`` (n_g unordered pairs),
     ``∂L/∂d_p = (ĝ_p − Σ_{p'∈g} ĝ_p' ŝ_p' / n_g) / μ_g`` where ``ĝ_p = w_g · clamp(ŝ_p − t_p, −1, 1)``
-    is the gradient at the normalised distance; then ``∂L/∂x_r = Σ_{p ∋ r} ±(∂L/∂d_p / d_p) diff_p``
-    is one ``embedding_bag`` over the differences with one bag per table row, which writes the full
-    gradient at once. A zero distance gets gradient 0 (the subgradient ``vector_norm`` also picks),
+    is the gradient at the normalised distance; then ``∂L/∂x_r = Σ_{p ∋ r} ±(∂L/∂d_p / d_p) diff_p``,
+    two ``index_add_`` into one zeroed full-size gradient. A zero distance gets gradient 0 (the subgradient ``vector_norm`` also picks),
     never NaN. Not twice differentiable.
     """
 
     @staticmethod
     def forward(ctx, table_s: Tensor, table_t: Tensor, bags_s: tuple[Tensor, Tensor, Tensor],
-                bags_t: tuple[Tensor, Tensor, Tensor], group: Tensor, counts: Tensor) -> Tensor:
+                bags_t: tuple[Tensor, Tensor, Tensor], group: Tensor, counts: Tensor,
+                backward_done: list[bool] | None = None) -> Tensor:
         n_sets = counts.shape[1]
         dtype = table_s.dtype
         # [2/m, 1/(unordered pairs)] per set (clamped where m < 2: those sets are masked below).
@@ -107,37 +137,41 @@ class _StructureFunction(torch.autograd.Function):
         diff, dist = _pair_distances(table_s, bags_s)
         dists = torch.stack([dist, dist_t])  # [student, teacher] × pairs
         mean = torch.zeros(2, n_sets, dtype=dtype, device=dist.device).index_add_(1, group, dists).mul_(per_set[1])
-        live = (mean > 0).all(dim=0)  # m < 2 leaves a mean at 0; so does a degenerate set
+        # m < 2 leaves a mean at 0; so does a degenerate set. (A NaN mean stays live, so that a NaN
+        # input shows in the result instead of silently dropping its set.)
+        live = (mean != 0).all(dim=0)
         hat = dists * torch.where(live, mean, 1.0).reciprocal_().index_select(1, group)  # normalised
         huber = F.smooth_l1_loss(hat[0], hat[1], reduction="none", beta=1.0)
         # Each unordered pair stands for the two ordered pairs of H's double sum (the diagonal adds 0).
         weight = torch.where(live, per_set[0], 0.0)
-        ctx.save_for_backward(diff, dist, hat, mean[0], group, weight, per_set[1], bags_s[0], bags_s[2])
+        ctx.save_for_backward(diff, dist, hat, mean[0], group, weight, per_set[1], bags_s[0])
         ctx.n_rows = table_s.shape[0]
+        ctx.backward_done = backward_done  # set in backward: the graph may be freed from then on
         return torch.zeros(n_sets, dtype=dtype, device=dist.device).index_add_(0, group, huber).mul_(weight)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_sets: Tensor):
-        diff, dist, hat, mean, group, weight, inv_pairs, index, signs = ctx.saved_tensors
+        diff, dist, hat, mean, group, weight, inv_pairs, ends = ctx.saved_tensors
         s_hat = hat[0]
         g_hat = (grad_sets * weight).index_select(0, group) * (s_hat - hat[1]).clamp_(-1, 1)
         centre = torch.zeros_like(weight).index_add_(0, group, g_hat * s_hat).mul_(inv_pairs)
         # Dead sets have g_hat = 0; their mean (possibly 0) is replaced by 1 so nothing divides by 0.
         coef = (g_hat - centre.index_select(0, group)).div_(torch.where(mean > 0, mean, 1.0).index_select(0, group))
         coef.div_(dist).masked_fill_(dist == 0, 0)
-        # One bag per table row: the pair ends sorted by row; end e is 2k (+) or 2k + 1 (−) of pair k.
-        # (searchsorted, unlike bincount, needs no host sync on GPU.)
-        rows, order = torch.sort(index, stable=True)
-        starts = torch.searchsorted(rows, torch.arange(ctx.n_rows, device=rows.device))
-        pair = order // 2
-        signed = coef.index_select(0, pair).mul_(signs.index_select(0, order))
-        grad = F.embedding_bag(pair, diff, starts, mode="sum", per_sample_weights=signed)
-        return grad, None, None, None, None, None
+        # The full gradient: one zeroed buffer (the floor's own cost) and two index_add_ of the scaled
+        # pair differences, + at the first end of each pair and - at the second.
+        scaled = diff * coef.unsqueeze(1)
+        pairs = ends.view(-1, 2)
+        grad = torch.zeros(ctx.n_rows, diff.shape[1], dtype=diff.dtype, device=diff.device)
+        grad.index_add_(0, pairs[:, 0], scaled).index_add_(0, pairs[:, 1], scaled, alpha=-1)
+        if ctx.backward_done is not None:
+            ctx.backward_done[0] = True
+        return grad, None, None, None, None, None, None
 
 
 def _structure_from_pairs(src_s: Tensor, src_t: Tensor, rows: Tensor, ends: Tensor, group: Tensor,
-                          counts: Tensor) -> Tensor:
+                          counts: Tensor, backward_done: list[bool] | None = None) -> Tensor:
     """The structure function H of G sets whose members are rows of ``[R, d]`` arrays.
 
     Every unordered pair {a, b} of distinct members of a set is listed once; its distance is taken
@@ -168,7 +202,7 @@ def _structure_from_pairs(src_s: Tensor, src_t: Tensor, rows: Tensor, ends: Tens
 
     table_s, bags_s = table(src_s)
     table_t, bags_t = table(src_t.detach())
-    return _StructureFunction.apply(table_s, table_t, bags_s, bags_t, group, counts)
+    return _StructureFunction.apply(table_s, table_t, bags_s, bags_t, group, counts, backward_done)
 
 
 def padded_structure_losses(student: Tensor, teacher: Tensor, valid: Tensor) -> Tensor:
@@ -201,16 +235,71 @@ def padded_structure_losses(student: Tensor, teacher: Tensor, valid: Tensor) -> 
 
 def _check_embeddings(student_emb: Tensor, teacher_emb: Tensor, targets: Tensor,
                       validate: bool) -> Tensor:
-    """Validate an embedding pair and targets; return the boolean label mask ``[N, q]``."""
+    """Check shapes (and labels when ``validate``); return the boolean label mask ``[N, q]``.
+
+    The embeddings' values are checked after the loss is computed (`finite_or_rescaled`).
+    """
     check_tensor(student_emb, "student_emb", 3, "[N, q, d_s]")
     check_tensor(teacher_emb, "teacher_emb", 3, "[N, q, d_t]")
     n, q = student_emb.shape[:2]
     check_leading(teacher_emb, "teacher_emb", (n, q), "student_emb", "[N, q, d_t]")
-    mask = check_targets(targets, n, q, "student_emb", validate)
-    if validate:
-        check_finite(student_emb, "student_emb")
-        check_finite(teacher_emb, "teacher_emb")
-    return mask
+    return check_targets(targets, n, q, "student_emb", validate)
+
+
+# Rescaled inputs have their largest magnitude just under 2^40: squared distances then stay far
+# from overflow in float32 for any width up to 2^40 (and from underflow for entries above ~1e-26).
+_SAFE_EXPONENT = 40
+
+
+def scale_free_copy(x: Tensor) -> Tensor:
+    """``x`` times a power of two (exact) so that its largest magnitude is below ``2^40``.
+
+    The structure function H is scale-free on each side (distances are divided by their mean), so
+    H of the copies equals H of the originals in exact arithmetic; the copies only keep squared
+    distances inside the floating-point range. Gradients flow through the scaling.
+
+    Args:
+        x: any finite floating tensor.
+
+    Returns:
+        ``x`` itself when it is already small enough, else the scaled copy.
+    """
+    largest = x.detach().abs().amax()
+    exponent = int(torch.frexp(largest if largest.dtype == torch.float64 else largest.float()).exponent)
+    shift = exponent - _SAFE_EXPONENT
+    return x * (2.0 ** -shift) if shift > 0 else x
+
+
+def finite_or_rescaled(compute: Callable[[Tensor, Tensor], T], student: Tensor, teacher: Tensor,
+                       names: tuple[str, str], values: Callable[[T], Tensor]) -> T:
+    """Run ``compute(student, teacher)``, check its finished result, and explain or repair it.
+
+    The check reads only the result (one host sync), never the ``[N, q, d]`` inputs. When the result
+    is not finite: an input holding NaN/inf is named in a ``ValueError``; otherwise the inputs are
+    finite but so large that squared distances overflowed, and the result is computed again from
+    `scale_free_copy` of both sides (the same value in exact arithmetic).
+
+    Args:
+        compute: ``(student, teacher) -> result``.
+        student: ``[..., d_s]`` student embeddings.
+        teacher: ``[..., d_t]`` teacher embeddings.
+        names: the two arguments' names as the caller knows them, for the error message.
+        values: ``result -> Tensor`` whose entries must all be finite (non-negative terms, so a sum).
+
+    Raises:
+        ValueError: an input contains NaN or inf, or (never expected) the rescaled result is still
+            not finite.
+    """
+    result = compute(student, teacher)
+    if bool(torch.isfinite(values(result)).all()):
+        return result
+    check_finite(student, names[0])
+    check_finite(teacher, names[1])
+    result = compute(scale_free_copy(student), scale_free_copy(teacher.detach()))
+    if not bool(torch.isfinite(values(result)).all()):
+        raise ValueError(f"the structure loss of {names[0]} and {names[1]} is not finite although both are "
+                         f"finite, even after exact rescaling; please report this with the inputs")
+    return result
 
 
 def _empty_loss(student_emb: Tensor) -> Tensor:
@@ -237,7 +326,8 @@ def _slot_table(n_img: int, q: int, do_cd: bool, do_id: bool, device: torch.devi
 
 
 def _label_embedding_terms(student_emb: Tensor, teacher_emb: Tensor, mask: Tensor,
-                           terms: tuple[str, ...] = ("cd", "id")) -> dict[str, Tensor]:
+                           terms: tuple[str, ...] = ("cd", "id"),
+                           backward_done: list[bool] | None = None) -> dict[str, Tensor]:
     """``{"cd": L_CD, "id": L_ID}`` (those named in ``terms``): sums over labels / images with ≥ 2
     positives of H(student positives, teacher positives).
 
@@ -266,17 +356,99 @@ def _label_embedding_terms(student_emb: Tensor, teacher_emb: Tensor, mask: Tenso
     slots = torch.cat([mask.t().reshape(-1)] * do_cd + [mask.view(-1)] * do_id)
     member = torch.nonzero_static(slots, size=n_members).view(-1)  # set after set
     row, group = _slot_table(n_img, q, do_cd, do_id, mask.device).index_select(1, member)
-    rank = torch.arange(n_members, device=mask.device) - (sizes.cumsum(0) - sizes).index_select(0, group)
+    rank = _ramp(n_members, mask.device) - (sizes.cumsum(0) - sizes).index_select(0, group)
     ends, pair_group = _pair_rows(rank, row, group, twice_pairs // 2)
     distinct = row[n_members // 2:] if do_cd and do_id else row  # each positive once
     per_set = _structure_from_pairs(student_emb.reshape(n_img * q, -1), teacher_emb.reshape(n_img * q, -1),
-                                    distinct, ends, pair_group, counts)
+                                    distinct, ends, pair_group, counts, backward_done)
     out = {}
     if do_cd:
         out["cd"] = per_set[:q].sum()
     if do_id:
         out["id"] = per_set[q * do_cd:].sum()
     return out
+
+
+def _same(x: Tensor) -> Tensor:
+    return x
+
+
+def _term_sum(terms: dict[str, Tensor]) -> Tensor:
+    values = list(terms.values())
+    return values[0] if len(values) == 1 else values[0] + values[1]  # terms are ≥ 0: finite iff the sum is
+
+
+def label_embedding_terms(student_emb: Tensor, teacher_emb: Tensor, mask: Tensor,
+                          terms: tuple[str, ...] = ("cd", "id"), *, validate: bool = True,
+                          names: tuple[str, str] = ("student_emb", "teacher_emb")) -> dict[str, Tensor]:
+    """Unweighted ``{"cd": L_CD, "id": L_ID}`` (those in ``terms``), value-checked on the result.
+
+    Args:
+        student_emb: ``[N, q, d_s]``.
+        teacher_emb: ``[N, q, d_t]``; detached.
+        mask: ``[N, q]`` bool labels (already checked).
+        terms: which of ``"cd"`` and ``"id"`` to compute.
+        validate: check the finished terms (one host sync) and, when one is not finite, name the
+            input with NaN/inf or recompute overflowing finite inputs exactly (`finite_or_rescaled`).
+            Without it, non-finite inputs give non-finite terms.
+        names: the embeddings' names for error messages.
+
+    Raises:
+        ValueError: ``validate`` and an embedding the terms read holds NaN or inf.
+    """
+    def compute(s: Tensor, t: Tensor) -> dict[str, Tensor]:
+        return _label_embedding_terms(s, t, mask, terms)
+
+    if not validate:
+        return compute(student_emb, teacher_emb)
+    return finite_or_rescaled(compute, student_emb, teacher_emb, names, _term_sum)
+
+
+# `cd_loss` and `id_loss` of the same tensors share one pass: the first call computes both terms with
+# one autograd node and keeps the other term here (per thread) for the matching call, so that the
+# user's ``cd_loss(...) + id_loss(...)`` back-propagates one full-size gradient, not two plus their sum.
+_shared = threading.local()
+
+
+def _shared_key(*tensors: Tensor) -> tuple | None:
+    """What identifies a call's inputs: the tensors themselves, their versions and the grad mode."""
+    if any(t.is_inference() for t in tensors):  # no version counter to tell in-place changes
+        return None
+    return tuple((weakref.ref(t), t._version) for t in tensors) + (torch.is_grad_enabled(),)
+
+
+def _same_call(key: tuple, other: tuple) -> bool:
+    return (key[-1] == other[-1]
+            and all(a() is not None and a() is b() and va == vb for (a, va), (b, vb) in zip(key[:-1], other[:-1])))
+
+
+def _shared_term(name: str, student_emb: Tensor, teacher_emb: Tensor, targets: Tensor, validate: bool) -> Tensor:
+    """L_CD or L_ID (``name``), from the pass of a previous matching call when there is one."""
+    mask = _check_embeddings(student_emb, teacher_emb, targets, validate)
+    other = "id" if name == "cd" else "cd"
+    key = _shared_key(student_emb, teacher_emb, targets)
+    pending, _shared.pending = getattr(_shared, "pending", None), None
+    kept = None
+    if key is not None and pending is not None and pending[0] == name and _same_call(pending[1], key) \
+            and not pending[3][0]:  # its backward has not run (which may have freed the graph)
+        kept = pending[2]
+
+    def compute(s: Tensor, t: Tensor) -> dict[str, Tensor]:
+        nonlocal kept
+        if kept is not None:
+            value, kept = kept, None
+            return {name: value}
+        done = [False]
+        both = _label_embedding_terms(s, t, mask, ("cd", "id"), done)
+        if key is not None:
+            _shared.pending = (other, key, both[other], done)
+        return both
+
+    with full_precision(student_emb.device):
+        if not validate:
+            return compute(student_emb, teacher_emb)[name]
+        return finite_or_rescaled(compute, student_emb, teacher_emb, ("student_emb", "teacher_emb"),
+                                  lambda result: result[name])[name]
 
 
 def structure_loss(student_set: Tensor, teacher_set: Tensor, *, validate: bool = True) -> Tensor:
@@ -293,12 +465,15 @@ def structure_loss(student_set: Tensor, teacher_set: Tensor, *, validate: bool =
     check_tensor(student_set, "student_set", 2, "[m, d_s]")
     check_tensor(teacher_set, "teacher_set", 2, "[m, d_t]")
     check_leading(teacher_set, "teacher_set", (student_set.shape[0],), "student_set", "[m, d_t]")
-    if validate:
-        check_finite(student_set, "student_set")
-        check_finite(teacher_set, "teacher_set")
+    valid = torch.ones(1, student_set.shape[0], dtype=torch.bool, device=student_set.device)
+
+    def compute(s: Tensor, t: Tensor) -> Tensor:
+        return padded_structure_losses(s.unsqueeze(0), t.unsqueeze(0), valid)[0]
+
     with full_precision(student_set.device):
-        valid = torch.ones(1, student_set.shape[0], dtype=torch.bool, device=student_set.device)
-        return padded_structure_losses(student_set.unsqueeze(0), teacher_set.unsqueeze(0), valid)[0]
+        if not validate:
+            return compute(student_set, teacher_set)
+        return finite_or_rescaled(compute, student_set, teacher_set, ("student_set", "teacher_set"), _same)
 
 
 def cd_loss(student_emb: Tensor, teacher_emb: Tensor, targets: Tensor, *, validate: bool = True) -> Tensor:
@@ -306,6 +481,11 @@ def cd_loss(student_emb: Tensor, teacher_emb: Tensor, targets: Tensor, *, valida
 
     ``L_CD = Σ_{c : n_c ≥ 2} H({e^s_ic : y_ic = 1}, {e^t_ic : y_ic = 1})``: for every label, the
     structure among the images where it is a ground-truth positive. Reduction: **sum over labels**.
+
+    `cd_loss` and `id_loss` called on the same tensors share one pass: the first computes both terms
+    (one autograd node) and the second returns the other term, so their sum back-propagates one
+    ``[N, q, d]`` gradient. An in-place change of an input in between, or a backward pass through the
+    first, makes the second compute afresh.
 
     Args:
         student_emb: ``[N, q, d_s]`` label-wise embeddings.
@@ -316,9 +496,7 @@ def cd_loss(student_emb: Tensor, teacher_emb: Tensor, targets: Tensor, *, valida
     Returns:
         Scalar tensor, 0 when no label has two positives.
     """
-    mask = _check_embeddings(student_emb, teacher_emb, targets, validate)
-    with full_precision(student_emb.device):
-        return _label_embedding_terms(student_emb, teacher_emb, mask, ("cd",))["cd"]
+    return _shared_term("cd", student_emb, teacher_emb, targets, validate)
 
 
 def id_loss(student_emb: Tensor, teacher_emb: Tensor, targets: Tensor, *, validate: bool = True) -> Tensor:
@@ -326,6 +504,11 @@ def id_loss(student_emb: Tensor, teacher_emb: Tensor, targets: Tensor, *, valida
 
     ``L_ID = Σ_{i : k_i ≥ 2} H({e^s_ic : y_ic = 1}, {e^t_ic : y_ic = 1})``: for every image, the
     structure among its positive labels' embeddings. Reduction: **sum over images**.
+
+    `cd_loss` and `id_loss` called on the same tensors share one pass: the first computes both terms
+    (one autograd node) and the second returns the other term, so their sum back-propagates one
+    ``[N, q, d]`` gradient. An in-place change of an input in between, or a backward pass through the
+    first, makes the second compute afresh.
 
     Args:
         student_emb: ``[N, q, d_s]`` label-wise embeddings.
@@ -336,9 +519,7 @@ def id_loss(student_emb: Tensor, teacher_emb: Tensor, targets: Tensor, *, valida
     Returns:
         Scalar tensor, 0 when no image has two positives.
     """
-    mask = _check_embeddings(student_emb, teacher_emb, targets, validate)
-    with full_precision(student_emb.device):
-        return _label_embedding_terms(student_emb, teacher_emb, mask, ("id",))["id"]
+    return _shared_term("id", student_emb, teacher_emb, targets, validate)
 
 
 def led_loss(student_emb: Tensor, teacher_emb: Tensor, targets: Tensor, lambda_cd: float = 100.0,
@@ -358,5 +539,5 @@ def led_loss(student_emb: Tensor, teacher_emb: Tensor, targets: Tensor, lambda_c
     """
     mask = _check_embeddings(student_emb, teacher_emb, targets, validate)
     with full_precision(student_emb.device):
-        terms = _label_embedding_terms(student_emb, teacher_emb, mask)
+        terms = label_embedding_terms(student_emb, teacher_emb, mask, validate=validate)
         return lambda_cd * terms["cd"] + lambda_id * terms["id"]

@@ -13,12 +13,16 @@ logit methods are directly comparable.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
+import torch
 from torch import Tensor, nn
 
 from mlkd.losses._checks import check_finite, check_leading, check_targets, check_tensor, full_precision
 from mlkd.losses.base import Distiller
+from mlkd.losses.balanced_embedding import balanced_structure_terms
 from mlkd.losses.features import mse_loss, pkt_loss, rkd_angle_loss, rkd_distance_loss
-from mlkd.losses.label_embedding import _label_embedding_terms
+from mlkd.losses.label_embedding import _label_embedding_terms, scale_free_copy
 from mlkd.losses.logits import bce_sum_loss, kd_loss, mld_loss, ps_loss
 from mlkd.losses.registry import register_distiller
 from mlkd.outputs import LossOutput, ModelOutput
@@ -62,14 +66,43 @@ class _Objective(Distiller):
         if self.requires_teacher and teacher is None:
             raise ValueError(f"teacher is None, but the {self.name!r} distiller needs the teacher's ModelOutput; "
                              f"pass the frozen teacher's outputs (or use 'vanilla' to train without one)")
-        with full_precision(logits.device):
-            terms = {"bce": self.bce_weight * bce_sum_loss(logits, mask, validate=False)}
+        total, terms = self._objective(student, teacher, mask)
+        # Label-wise embeddings are checked on the finished total (one host sync), not by a pass over
+        # [N, q, d]; only a non-finite total inspects them (label_embedding.finite_or_rescaled).
+        if self.validate and self.uses_embeddings and not bool(torch.isfinite(total)):
+            total, terms = self._objective(*self._explain_nonfinite(student, teacher), mask)
+            if not bool(torch.isfinite(total)):
+                raise ValueError(f"the {self.name!r} objective is not finite although every input is finite: "
+                                 f"the logits are too large (largest |student.logits| "
+                                 f"{float(logits.detach().abs().max()):.3g}); check the model and the lr")
+        return LossOutput(total=total, terms=terms)
+
+    def _objective(self, student: ModelOutput, teacher: ModelOutput | None, mask: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """``(total, terms)``: BCE plus `distill_terms`, computed in full precision."""
+        with full_precision(student.logits.device):
+            terms = {"bce": self.bce_weight * bce_sum_loss(student.logits, mask, validate=False)}
             terms.update(self.distill_terms(student, teacher, mask))
         total = terms["bce"]
         for name, value in terms.items():
             if name != "bce":
                 total = total + value
-        return LossOutput(total=total, terms=terms)
+        return total, terms
+
+    def _explain_nonfinite(self, student: ModelOutput, teacher: ModelOutput | None) -> tuple[ModelOutput, ModelOutput | None]:
+        """The total is not finite though the logits are: name a label-wise embedding with NaN/inf, or
+        return both outputs with their embeddings exactly rescaled (finite inputs whose squared
+        distances overflowed; the structure losses are scale-free, see `scale_free_copy`)."""
+        outputs = [("student", student), ("teacher", teacher)]
+        for who, o in outputs:
+            if o is not None and o.label_embeddings is not None:
+                check_finite(o.label_embeddings, f"{who}.label_embeddings")
+        if self.embedding_gather is not None:
+            # Recomputing would gather again on this process only; every process stops here instead.
+            raise ValueError(f"the {self.name!r} objective is not finite: the label-wise embeddings gathered from "
+                             f"all processes hold NaN/inf (see the other processes' errors) or overflow")
+        scaled = [o if o is None or o.label_embeddings is None
+                  else replace(o, label_embeddings=scale_free_copy(o.label_embeddings)) for _, o in outputs]
+        return scaled[0], scaled[1]
 
     def distill_terms(self, student: ModelOutput, teacher: ModelOutput | None, mask: Tensor) -> dict[str, Tensor]:
         """The weighted distillation terms by name; none for the task loss alone."""
@@ -83,7 +116,10 @@ class _Objective(Distiller):
             check_finite(t, "teacher.logits")
         return student.logits, t
 
-    def _embeddings(self, student: ModelOutput, teacher: ModelOutput) -> tuple[Tensor, Tensor]:
+    def _embeddings(self, student: ModelOutput, teacher: ModelOutput, *,
+                    check_values: bool = True) -> tuple[Tensor, Tensor]:
+        """Both outputs' label-wise embeddings; ``check_values=False`` leaves their values to the check
+        of the finished total in `forward` (no pass over ``[N, q, d]``; for terms that propagate NaN)."""
         n, q = student.logits.shape
         out = []
         for who, o in (("student", student), ("teacher", teacher)):
@@ -93,7 +129,7 @@ class _Objective(Distiller):
                                  f"[N, q, d]; use a model with a label-wise head")
             e = check_tensor(o.label_embeddings, field, 3, "[N, q, d]")
             check_leading(e, field, (n, q), "student.logits", "[N, q, d]")
-            if self.validate:
+            if self.validate and check_values:
                 check_finite(e, field)
             out.append(e)
         return out[0], out[1]
@@ -134,19 +170,39 @@ class VanillaDistiller(_Objective):
     requires_teacher = False
 
 
-@register_distiller("l2d")
-class L2DLoss(_Objective):
-    """The full L2D objective (method.md §3.5) with the reference weights.
+# Weights of the balanced form (``form="balanced"``), in units of the per-logit mean BCE:
+# BCE_sum + N·q·(λ_MLD·MLD/q + λ_LED·(λ_CD·CD_pos + λ_ID·ID_pos)). docs/method.md derives the values
+# that reproduce the paper's balance at MS-COCO statistics and records the search that chose these.
+BALANCED_WEIGHTS = {"mld": 3.0, "led": 0.1, "cd": 3.6, "id": 36.0}
+PAPER_WEIGHTS = {"mld": 10.0, "led": 1.0, "cd": 100.0, "id": 1000.0}
+L2D_FORMS = ("paper", "balanced")
 
-    ``L = bce_weight·BCE_sum + λ_MLD·L_MLD + λ_LED·(λ_CD·L_CD + λ_ID·L_ID)``; terms ``bce``, ``mld``,
-    ``cd`` (= λ_LED·λ_CD·L_CD) and ``id`` (= λ_LED·λ_ID·L_ID). MLD is a mean over images
-    (``batch_mean_terms``); CD and ID are sums over labels and images.
+
+class L2DLoss(_Objective):
+    """The full L2D objective (method.md §3.5), in the paper's form or the balanced one.
+
+    ``form="paper"`` (the default of this class: bit-for-bit the reference objective)::
+
+        L = bce_weight·BCE_sum + λ_MLD·L_MLD + λ_LED·(λ_CD·L_CD + λ_ID·L_ID)
+
+    with the reference weights 10, 1, 100, 1000; MLD is a mean over images, CD and ID are sums over
+    labels and images, so the balance between the terms moves with batch size, label count and label
+    density. ``form="balanced"`` (what ``mlkd distill --method l2d`` runs) keeps the summed BCE and
+    normalises every distillation term per unit (docs/method.md, "The balanced form")::
+
+        L = bce_weight·BCE_sum + N·q·(λ_MLD·L_MLD/q + λ_LED·(λ_CD·CD_pos + λ_ID·ID_pos))
+
+    where ``L_MLD/q`` is the binary KL per logit and ``CD_pos``/``ID_pos`` are the structure losses
+    averaged per positive (`balanced_structure_terms`). Relative to the BCE, its weights mean the same
+    on any data set; ``BALANCED_WEIGHTS`` holds the defaults. Terms ``bce``, ``mld``, ``cd``, ``id``,
+    each already weighted.
 
     Args:
-        lambda_mld: weight of MLD (reference 10).
-        lambda_led: weight of the LED pair (reference 1).
-        lambda_cd: weight of CD inside LED (reference 100).
-        lambda_id: weight of ID inside LED (reference 1000).
+        lambda_mld: weight of MLD (default by form: 10 paper, ``BALANCED_WEIGHTS`` balanced).
+        lambda_led: weight of the LED pair (1 paper).
+        lambda_cd: weight of CD inside LED (100 paper).
+        lambda_id: weight of ID inside LED (1000 paper).
+        form: ``"paper"`` or ``"balanced"``.
         temperature: MLD temperature (1 = reference).
         bce_weight: weight of the summed BCE.
         validate: data-dependent input checks.
@@ -156,23 +212,83 @@ class L2DLoss(_Objective):
     uses_embeddings = True
     batch_mean_terms = frozenset({"mld"})
 
-    def __init__(self, lambda_mld: float = 10.0, lambda_led: float = 1.0, lambda_cd: float = 100.0,
-                 lambda_id: float = 1000.0, *, temperature: float = 1.0, bce_weight: float = 1.0,
-                 validate: bool = True) -> None:
+    def __init__(self, lambda_mld: float | None = None, lambda_led: float | None = None,
+                 lambda_cd: float | None = None, lambda_id: float | None = None, *, form: str = "paper",
+                 temperature: float = 1.0, bce_weight: float = 1.0, validate: bool = True) -> None:
         super().__init__(bce_weight=bce_weight, validate=validate)
-        self.lambda_mld, self.lambda_led = float(lambda_mld), float(lambda_led)
-        self.lambda_cd, self.lambda_id = float(lambda_cd), float(lambda_id)
+        if form not in L2D_FORMS:
+            raise ValueError(f"unknown L2D form {form!r}; use one of {', '.join(L2D_FORMS)} "
+                             "(--method l2d_paper, or --method-option form=paper, for the paper's exact objective)")
+        self.form = form
+        defaults = PAPER_WEIGHTS if form == "paper" else BALANCED_WEIGHTS
+        given = {"mld": lambda_mld, "led": lambda_led, "cd": lambda_cd, "id": lambda_id}
+        weights = {k: float(defaults[k] if v is None else v) for k, v in given.items()}
+        self.lambda_mld, self.lambda_led = weights["mld"], weights["led"]
+        self.lambda_cd, self.lambda_id = weights["cd"], weights["id"]
         self.temperature = float(temperature)
+        if form == "balanced":
+            self.batch_mean_terms = frozenset()  # every balanced term is scaled by the batch size N
+
+    def describe(self) -> str:
+        """One line naming the form and the weights, as printed at the start of a run."""
+        w = f"λ_MLD={self.lambda_mld:g}, λ_LED={self.lambda_led:g}, λ_CD={self.lambda_cd:g}, λ_ID={self.lambda_id:g}"
+        if self.form == "paper":
+            return f"L2D, the paper's form: BCE_sum + λ_MLD·MLD + λ_LED·(λ_CD·CD + λ_ID·ID), {w}"
+        return (f"L2D, balanced form: BCE_sum + N·q·(λ_MLD·MLD/q + λ_LED·(λ_CD·CD_pos + λ_ID·ID_pos)), {w} "
+                "(--method l2d_paper for the paper's objective)")
 
     def distill_terms(self, student: ModelOutput, teacher: ModelOutput | None, mask: Tensor) -> dict[str, Tensor]:
         zs, zt = self._logits(student, teacher)
-        es, et = self._embeddings(student, teacher)
-        led = self._structure_terms(es, et, mask)
+        es, et = self._embeddings(student, teacher, check_values=self.form != "paper")
+        mld = mld_loss(zs, zt, self.temperature, validate=False)
+        if self.form == "paper":
+            led = self._structure_terms(es, et, mask)
+            return {
+                "mld": self.lambda_mld * mld,
+                "cd": self.lambda_led * self.lambda_cd * led["cd"],
+                "id": self.lambda_led * self.lambda_id * led["id"],
+            }
+        n, q = mask.shape
+        wanted = tuple(t for t, lam in (("cd", self.lambda_cd), ("id", self.lambda_id)) if lam != 0)
+        if self.embedding_gather is not None:
+            # Global groups: the per-positive averages are over the global batch, and so is their
+            # scale (every process computes the same value; `TrainStep` and DDP turn it into the
+            # global batch's gradient, as for the paper's summed CD/ID).
+            es, et, mask = self.embedding_gather(es, et, mask)
+        led = balanced_structure_terms(es, et, mask, wanted)
+        n_led = mask.shape[0]
+        zero = mld.new_zeros(())
         return {
-            "mld": self.lambda_mld * mld_loss(zs, zt, self.temperature, validate=False),
-            "cd": self.lambda_led * self.lambda_cd * led["cd"],
-            "id": self.lambda_led * self.lambda_id * led["id"],
+            "mld": (self.lambda_mld * n) * mld,
+            "cd": (self.lambda_led * self.lambda_cd * n_led * q) * led.get("cd", zero),
+            "id": (self.lambda_led * self.lambda_id * n_led * q) * led.get("id", zero),
         }
+
+
+@register_distiller("l2d")
+class DefaultL2D(L2DLoss):
+    """`L2DLoss` as the registry builds it for ``--method l2d``: the balanced form unless
+    ``form="paper"`` is passed (``--method-option form=paper``). See `L2DLoss` for the arguments."""
+
+    def __init__(self, lambda_mld: float | None = None, lambda_led: float | None = None,
+                 lambda_cd: float | None = None, lambda_id: float | None = None, *, form: str = "balanced",
+                 temperature: float = 1.0, bce_weight: float = 1.0, validate: bool = True) -> None:
+        super().__init__(lambda_mld, lambda_led, lambda_cd, lambda_id, form=form, temperature=temperature,
+                         bce_weight=bce_weight, validate=validate)
+
+
+@register_distiller("l2d_paper")
+class PaperL2D(L2DLoss):
+    """`L2DLoss` in the paper's form under its own name (``--method l2d_paper``), so that a comparison
+    can list the reference objective beside the default ``l2d``. See `L2DLoss` for the arguments."""
+
+    name = "l2d_paper"
+
+    def __init__(self, lambda_mld: float | None = None, lambda_led: float | None = None,
+                 lambda_cd: float | None = None, lambda_id: float | None = None, *,
+                 temperature: float = 1.0, bce_weight: float = 1.0, validate: bool = True) -> None:
+        super().__init__(lambda_mld, lambda_led, lambda_cd, lambda_id, form="paper", temperature=temperature,
+                         bce_weight=bce_weight, validate=validate)
 
 
 @register_distiller("mld")
@@ -222,7 +338,7 @@ class LEDDistiller(_Objective):
         self.lambda_led, self.lambda_cd, self.lambda_id = float(lambda_led), float(lambda_cd), float(lambda_id)
 
     def distill_terms(self, student: ModelOutput, teacher: ModelOutput | None, mask: Tensor) -> dict[str, Tensor]:
-        es, et = self._embeddings(student, teacher)
+        es, et = self._embeddings(student, teacher, check_values=False)
         led = self._structure_terms(es, et, mask)
         return {"cd": self.lambda_led * self.lambda_cd * led["cd"], "id": self.lambda_led * self.lambda_id * led["id"]}
 
@@ -245,7 +361,7 @@ class CDDistiller(_Objective):
         self.lambda_cd = float(lambda_cd)
 
     def distill_terms(self, student: ModelOutput, teacher: ModelOutput | None, mask: Tensor) -> dict[str, Tensor]:
-        es, et = self._embeddings(student, teacher)
+        es, et = self._embeddings(student, teacher, check_values=False)
         return {"cd": self.lambda_cd * self._structure_terms(es, et, mask, ("cd",))["cd"]}
 
 
@@ -267,7 +383,7 @@ class IDDistiller(_Objective):
         self.lambda_id = float(lambda_id)
 
     def distill_terms(self, student: ModelOutput, teacher: ModelOutput | None, mask: Tensor) -> dict[str, Tensor]:
-        es, et = self._embeddings(student, teacher)
+        es, et = self._embeddings(student, teacher, check_values=False)
         return {"id": self.lambda_id * self._structure_terms(es, et, mask, ("id",))["id"]}
 
 

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mlkd.losses._checks import check_finite
 from mlkd.losses.base import Distiller
 from mlkd.losses.registry import register_distiller
 from mlkd.outputs import LossOutput, ModelOutput
@@ -121,14 +122,17 @@ class ReviewKD(Distiller):
         lambda_reviewkd: weight of the summed HCL over the paired stages.
         mid_channels: width of the fused maps (the paper uses 256 on ImageNet).
         levels: pooled pyramid sizes of the HCL.
+        validate: check the finished total (one host sync) and, when it is not finite, name the
+            input holding NaN/inf, like the other distillers.
     """
 
     uses_features = True
     batch_mean_terms = frozenset({"reviewkd"})
 
     def __init__(self, *, bce_weight: float = 1.0, lambda_reviewkd: float = 1.0, mid_channels: int = 256,
-                 levels: Sequence[int] = (4, 2, 1)) -> None:
+                 levels: Sequence[int] = (4, 2, 1), validate: bool = True) -> None:
         super().__init__()
+        self.validate = bool(validate)
         if mid_channels < 1:
             raise ValueError(f"mid_channels must be >= 1, got {mid_channels}")
         self.bce_weight = bce_weight
@@ -206,4 +210,19 @@ class ReviewKD(Distiller):
             student.logits, targets.to(student.logits.dtype), reduction="sum")
         fused, target_maps = self.review(student, teacher)  # type: ignore[arg-type]
         term = self.lambda_reviewkd * sum(hcl_loss(f, t, self.levels) for f, t in zip(fused, target_maps))
-        return LossOutput(total=bce + term, terms={"bce": bce, "reviewkd": term})
+        total = bce + term
+        if self.validate and not bool(torch.isfinite(total)):
+            self._explain_nonfinite(student, teacher)  # type: ignore[arg-type]
+        return LossOutput(total=total, terms={"bce": bce, "reviewkd": term})
+
+    def _explain_nonfinite(self, student: ModelOutput, teacher: ModelOutput) -> None:
+        """Raise a `ValueError` naming the first input that holds NaN/inf (the inputs are read only
+        here, after a non-finite total), or saying that the values overflowed."""
+        s, t = self._paired(student, teacher)
+        fields = [("student.logits", student.logits)]
+        fields += [(f"student.features[{len(student.features) - 1 - i}]", x) for i, x in enumerate(s)]
+        fields += [(f"teacher.features[{len(teacher.features) - 1 - i}]", x) for i, x in enumerate(t)]
+        for name, value in fields:
+            check_finite(value, name)
+        raise ValueError("the 'reviewkd' objective is not finite although its inputs are: the features are too "
+                         "large for the hierarchical context loss; check the models and the lr")

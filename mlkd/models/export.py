@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -10,6 +9,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from mlkd.files import create_temp, make_folder
 from mlkd.models.model import MultiLabelModel
 
 
@@ -64,14 +64,16 @@ def export_onnx(
     if h < 1 or w < 1:
         raise ValueError(f"img_size must be positive, got {img_size!r}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     param = next(model.parameters())
     # Batch 2, not 1, so that no size-1 broadcasting gets baked into the traced graph.
     example = torch.zeros(2, model.in_chans, h, w, dtype=param.dtype, device=param.device)
     was_training = model.training
     model.eval()
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # Created with the umask's mode (mkstemp would make it 0600); the exporter writes into it in place.
+    fd, tmp = create_temp(path)
     os.close(fd)
+    tmp_name = str(tmp)
     try:
         with torch.no_grad(), warnings.catch_warnings():
             # The TorchScript exporter announces its deprecation on every call; the graph is still exact.

@@ -71,14 +71,14 @@ def _check_name(name: str) -> None:
 def create_model(
     name: str,
     num_classes: int,
-    embed_dim: int = 768,
+    embed_dim: int | None = None,
     pretrained: bool = False,
     weights: str | Path | None = None,
     learn_queries: bool = False,
     img_size: int | tuple[int, int] | list[int] = 224,
     *,
-    num_heads: int = 8,
-    ffn_dim: int = 2048,
+    num_heads: int | None = None,
+    ffn_dim: int | None = None,
     dropout: float = 0.1,
     in_chans: int = 3,
     strict: bool = True,
@@ -92,15 +92,17 @@ def create_model(
     Args:
         name: a built-in (`list_models()`) or any timm model name.
         num_classes: number of labels ``q`` (at least 1).
-        embed_dim: label-embedding width ``d``.
+        embed_dim: label-embedding width ``d``; ``None`` follows the backbone (`default_head_dims`:
+            the widest of 768, 512, ... 32 whose head is no larger than the backbone; the paper's
+            768 for ResNet-18 and larger).
         pretrained: load timm's pretrained weights into the backbone (needs the internet or timm's
             cache; not for built-ins).
         weights: a local checkpoint (``.safetensors``/``.pt``/``.pth``; whole model or backbone only) or
             a packaged name ``"efficientnet-lite0/1/2"``; loaded after ``pretrained``.
         learn_queries: train the label queries instead of keeping them random and frozen.
         img_size: input size, ``int`` or ``(H, W)``; given to timm models that take it (Swin, ViT).
-        num_heads: attention heads of the head.
-        ffn_dim: feed-forward width of the head.
+        num_heads: attention heads of the head (``None``: ``d / 32``, at most 8).
+        ffn_dim: feed-forward width of the head (``None``: ``8d / 3``, the paper's 2048 at d = 768).
         dropout: dropout of the head.
         in_chans: input channels.
         strict: with ``weights``, raise on any missing, unexpected or mismatched key; if False, load
@@ -132,6 +134,9 @@ def create_model(
     else:
         backbone = create_timm_backbone(name, pretrained, img_size, in_chans, **kwargs)
         config = data_config(backbone)
+    embed_dim, num_heads, ffn_dim = default_head_dims(
+        sum(p.numel() for p in backbone.parameters()), int(backbone.num_features), num_classes,
+        embed_dim, num_heads, ffn_dim)
     head = LabelWiseHead(
         int(backbone.num_features), num_classes, embed_dim=embed_dim, num_heads=num_heads,
         ffn_dim=ffn_dim, dropout=dropout, learn_queries=learn_queries,
@@ -147,3 +152,43 @@ def create_model(
         logger.info("loaded %d tensors from %s into the %s", len(model.weights_report.loaded),
                     model.weights_report.source, model.weights_report.target)
     return model
+
+
+# Head widths tried from the widest down; the paper's head (d = 768) is the first.
+_HEAD_WIDTHS = (768, 512, 384, 256, 192, 128, 96, 64, 32)
+
+
+def head_parameter_count(in_features: int, num_classes: int, embed_dim: int, ffn_dim: int) -> int:
+    """Trainable parameters of a `LabelWiseHead` with frozen queries (weights and biases)."""
+    d = embed_dim
+    return ((in_features + 1) * d          # token projection
+            + 4 * (d * d + d)              # attention: query, key, value and output projections
+            + (d + 1) * ffn_dim + (ffn_dim + 1) * d  # feed-forward
+            + 4 * d                        # two LayerNorms
+            + num_classes * (d + 1))       # group FC
+
+
+def default_head_dims(backbone_params: int, in_features: int, num_classes: int, embed_dim: int | None = None,
+                      num_heads: int | None = None, ffn_dim: int | None = None) -> tuple[int, int, int]:
+    """Head sizes ``(embed_dim, num_heads, ffn_dim)`` that follow the backbone, filling in the ``None`` ones.
+
+    The width is the largest of 768, 512, 384, ..., 32 whose head has no more parameters than the
+    backbone, so a small backbone does not carry a head many times its size (a 47 k-parameter
+    ``tiny_cnn`` gets d = 64 rather than a 5.6 M-parameter d = 768 head), while ResNet-18 and larger
+    get the paper's head (d = 768, 8 heads, feed-forward 2048). Feed-forward width 8d/3 and
+    d/32 attention heads (1 to 8) keep the paper's proportions.
+    """
+    def fill(d: int) -> tuple[int, int, int]:
+        heads = num_heads
+        if heads is None:  # the largest divisor of d up to d / 32 (at most 8)
+            heads = next(h for h in range(max(1, min(8, d // 32)), 0, -1) if d % h == 0)
+        ffn = ffn_dim if ffn_dim is not None else int(round(8 * d / 3))
+        return d, heads, ffn
+
+    if embed_dim is not None:
+        return fill(embed_dim)
+    for d in _HEAD_WIDTHS:
+        candidate = fill(d)
+        if head_parameter_count(in_features, num_classes, d, candidate[2]) <= backbone_params:
+            return candidate
+    return fill(_HEAD_WIDTHS[-1])

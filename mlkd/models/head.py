@@ -21,6 +21,11 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+
+# The default label chunking of `LabelWiseHead` (see its ``chunk_labels``).
+AUTO_CHUNK_LABELS, AUTO_CHUNK_ABOVE = 256, 2048
 
 
 class LabelCrossAttention(nn.Module):
@@ -87,6 +92,14 @@ class LabelWiseHead(nn.Module):
         learn_queries: if False (default, as the reference), the queries are a random, frozen buffer;
             if True, they are an `nn.Parameter` trained with the rest of the head. Both are stored
             under the same state-dict key ``queries``, so checkpoints load either way.
+        chunk_labels: with more labels than this, the decoder layer runs on chunks of this many
+            labels; under autograd each chunk is recomputed in backward (activation checkpointing),
+            so only the chunk's ``[N, chunk, ffn_dim]`` activations are alive at once instead of the
+            whole ``[N, q, ffn_dim]`` (5 GiB at q = 9600, N = 8). Values and gradients equal the
+            unchunked layer's; in training, dropout draws its masks chunk by chunk. ``None``
+            (default): chunks of 256 labels above 2048 labels, where the activations' memory traffic
+            outweighs the recomputation (at q = 1000 the recomputation would make a step 1.4× slower;
+            docs/benchmarks.md).
     """
 
     def __init__(
@@ -98,16 +111,21 @@ class LabelWiseHead(nn.Module):
         ffn_dim: int = 2048,
         dropout: float = 0.1,
         learn_queries: bool = False,
+        chunk_labels: int | None = None,
     ) -> None:
         super().__init__()
         for label, value in (("in_features", in_features), ("num_classes", num_classes),
-                             ("embed_dim", embed_dim), ("num_heads", num_heads), ("ffn_dim", ffn_dim)):
+                             ("embed_dim", embed_dim), ("num_heads", num_heads), ("ffn_dim", ffn_dim),
+                             ("chunk_labels", 1 if chunk_labels is None else chunk_labels)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{label} must be a positive integer, got {value!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         self.num_classes = num_classes
         self.embed_dim = embed_dim
+        if chunk_labels is None:
+            chunk_labels = AUTO_CHUNK_LABELS if num_classes > AUTO_CHUNK_ABOVE else num_classes
+        self.chunk_labels = chunk_labels
         self.token_proj = nn.Linear(in_features, embed_dim)
         queries = torch.randn(num_classes, embed_dim)  # N(0, 1), like the reference's nn.Embedding
         if learn_queries:
@@ -141,7 +159,21 @@ class LabelWiseHead(nn.Module):
             ``[N, q, d]`` label-wise embeddings.
         """
         memory = F.relu(self.token_proj(tokens))  # [N, L, d]
-        x = self.norm1(self.queries + self.dropout1(self.cross_attn(self.queries, memory)))  # [N, q, d]
+        if self.num_classes <= self.chunk_labels:
+            return self._decode(self.queries, memory)
+        parts = []
+        for start in range(0, self.num_classes, self.chunk_labels):
+            queries = self.queries[start:start + self.chunk_labels]
+            if torch.is_grad_enabled():
+                # Keep only the chunk's inputs; its activations are recomputed in backward.
+                parts.append(checkpoint(self._decode, queries, memory, use_reentrant=False))
+            else:
+                parts.append(self._decode(queries, memory))
+        return torch.cat(parts, dim=1)
+
+    def _decode(self, queries: Tensor, memory: Tensor) -> Tensor:
+        """The decoder layer for some labels: ``[k, d]`` queries, ``[N, L, d]`` tokens -> ``[N, k, d]``."""
+        x = self.norm1(queries + self.dropout1(self.cross_attn(queries, memory)))  # [N, k, d]
         return self.norm2(x + self.dropout2(self.ffn(x)))
 
     def logits(self, embeddings: Tensor) -> Tensor:

@@ -1,0 +1,269 @@
+"""The accuracy suite: one setting's teacher and its students compared over seeds, with one command.
+
+    python benchmarks/accuracy.py SETTING [--seeds 0,1,2,3,4] [--methods vanilla,kd,pkt,mld,l2d]
+                                  [--output runs/accuracy] [--quick]
+    python benchmarks/accuracy.py --list
+
+SETTING is a file of ``mlkd/configs/suite/`` (``demo``, ``sparse``, ``clutter``, ``many_labels``,
+``lowres``; docs/results.md, "The accuracy suite", says what each tests). The script trains the setting's
+teacher into ``OUTPUT/SETTING/teacher`` (or reuses it when that folder holds a finished teacher of the
+same configuration; an interrupted one resumes), runs `mlkd.bench.compare` for the students into
+``OUTPUT/SETTING/students``, and writes ``OUTPUT/SETTING/results.md`` and ``results.json``: the
+validation mAP of teacher and students (what settings are chosen on), then the test comparison.
+
+A setting file holds the sections ``common``, ``teacher`` and ``student`` (RunConfig fields; the teacher
+and student runs are ``common`` updated by their section) and ``methods`` (a list of ``{label, method,
+lambdas}``). ``inherit: FILE`` (relative to the file) starts from another setting: each section's keys
+replace the inherited ones, whole values, no deeper merge; ``methods`` replaces the list.
+``teacher_of: SETTING`` reuses that setting's teacher (``OUTPUT/SETTING/teacher``) instead of training one.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mlkd.bench import compare, markdown_table  # noqa: E402
+from mlkd.config import RunConfig, check_keys, make_config  # noqa: E402
+from mlkd.engine.trainer import fit  # noqa: E402
+
+SUITE_DIR = ROOT / "mlkd" / "configs" / "suite"
+SECTIONS = ("common", "teacher", "student")
+TOP_KEYS = {"inherit", "teacher_of", "methods", *SECTIONS}
+# Run settings that do not change what a run computes; a reused teacher may differ in these.
+NOT_COMPARED = {"output", "resume", "quiet", "workers", "device", "tensorboard", "data_root"}
+# Quick mode (a smoke test of the pipeline, not a measurement): images per split and epochs.
+QUICK_IMAGES, QUICK_EPOCHS = 320, 1
+QUICK_COUNT_OPTIONS = {"fashion_mosaic": "num_mosaics", "fashion_scenes": "num_scenes"}
+
+log = logging.getLogger("mlkd")
+
+
+def list_settings() -> list[str]:
+    """The names of the suite's settings (the YAML files of ``mlkd/configs/suite``), sorted."""
+    return sorted(p.stem for p in SUITE_DIR.glob("*.yaml"))
+
+
+def _read(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if path in chain:
+        raise ValueError(f"setting files inherit in a circle: {' -> '.join(map(str, chain + (path,)))}")
+    if not path.is_file():
+        raise FileNotFoundError(f"setting file {path} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    unknown = set(data) - TOP_KEYS
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)}; valid keys: {sorted(TOP_KEYS)}")
+    for section in SECTIONS:
+        check_keys(data.get(section) or {}, f"{path} [{section}]")
+    if "inherit" not in data:
+        return data
+    # `inherit` is relative to the file that names it.
+    parent_path = (path.parent / data["inherit"]).resolve()
+    parent = _read_parent(parent_path, chain + (path,))
+    merged = {k: v for k, v in parent.items() if k in TOP_KEYS - {"inherit"}}
+    for section in SECTIONS:
+        merged[section] = {**(parent.get(section) or {}), **(data.get(section) or {})}
+    for key in ("methods", "teacher_of"):
+        if key in data:
+            merged[key] = data[key]
+    return merged
+
+
+def _read_parent(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    if path.parent == SUITE_DIR.resolve():
+        return _read(path, chain)
+    # A file outside the suite (mlkd/configs/demo.yaml): only its sections and methods count, not the
+    # keys the suite does not use (`quick`, `seeds`).
+    data = yaml.safe_load(path.read_text()) or {}
+    return {k: v for k, v in data.items() if k in TOP_KEYS}
+
+
+def load_setting(name: str) -> dict[str, Any]:
+    """The resolved setting ``name``: ``common``, ``teacher``, ``student`` dicts, ``methods``, ``teacher_of``.
+
+    Raises:
+        ValueError: unknown setting (the message lists the valid ones), unknown keys, circular inheritance.
+    """
+    if name not in list_settings():
+        raise ValueError(f"unknown setting {name!r}; valid settings: {', '.join(list_settings())}")
+    setting = _read((SUITE_DIR / f"{name}.yaml").resolve())
+    if not setting.get("methods"):
+        raise ValueError(f"setting {name!r} lists no methods")
+    setting["teacher_of"] = setting.get("teacher_of") or name
+    return setting
+
+
+def run_configs(setting: dict[str, Any], quick: bool = False) -> tuple[RunConfig, RunConfig]:
+    """The teacher's and the students' base `RunConfig` of a resolved setting (``quick``: smoke-test size)."""
+    common = {**setting["common"], "quiet": True}
+    teacher = {**common, **setting["teacher"]}
+    student = {**common, **setting["student"]}
+    if quick:
+        for part in (teacher, student):
+            key = QUICK_COUNT_OPTIONS.get(part.get("dataset", RunConfig.dataset))
+            if key:
+                part["dataset_options"] = {**part.get("dataset_options", {}), key: QUICK_IMAGES}
+            part["epochs"] = QUICK_EPOCHS
+    return make_config(teacher), make_config(student)
+
+
+def select_methods(setting: dict[str, Any], wanted: Sequence[str] | None) -> list[tuple[str, str, dict[str, float]]]:
+    """``(label, distiller, lambdas)`` for `compare`: all of the setting's methods, or those named in ``wanted``.
+
+    A name matches a label of the setting (case-insensitive) first, else it is taken as a distiller name
+    with its default weights (labelled by the name).
+    """
+    entries = [(m["label"], m["method"], dict(m.get("lambdas") or {})) for m in setting["methods"]]
+    if not wanted:
+        return entries
+    by_label = {label.lower(): (label, method, lambdas) for label, method, lambdas in entries}
+    chosen = [by_label.get(w.lower(), (w, w, {})) for w in wanted]
+    labels = [c[0] for c in chosen]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"--methods names a method twice: {', '.join(wanted)}")
+    return chosen
+
+
+def ensure_teacher(cfg: RunConfig, folder: Path) -> dict[str, Any]:
+    """Train the teacher into ``folder``, or reuse it there; returns its test metrics.
+
+    A finished teacher (``best.pt`` and ``metrics.json``) is reused when its saved configuration equals
+    ``cfg`` up to `NOT_COMPARED`; an unfinished one resumes from ``last.pt``.
+
+    Raises:
+        ValueError: the folder holds a teacher of another configuration.
+    """
+    saved = folder / "config.yaml"
+    if saved.exists():
+        old = yaml.safe_load(saved.read_text()) or {}
+        new = make_config(cfg, output=str(folder)).to_dict()
+        # A key the saved file lacks (a field added to RunConfig since) counts as its default.
+        defaults = RunConfig().to_dict()
+        differ = sorted(k for k in new if k not in NOT_COMPARED and old.get(k, defaults[k]) != new[k])
+        if differ:
+            raise ValueError(f"{folder} holds a teacher trained with other settings ({', '.join(differ)}); "
+                             "delete that folder to train it again, or pass another --output")
+    if (folder / "best.pt").exists() and (folder / "metrics.json").exists():
+        log.info("accuracy: reusing the finished teacher in %s", folder)
+        return json.loads((folder / "metrics.json").read_text())
+    resume = (folder / "last.pt").exists()
+    log.info("accuracy: %s the teacher %s in %s", "resuming" if resume else "training", cfg.model, folder)
+    return fit(make_config(cfg, output=str(folder), resume=resume)).metrics
+
+
+def _run_dir_name(label: str) -> str:
+    # The folder `compare` gives a method's runs.
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_")
+
+
+def validation_summary(students: Path, methods: Sequence[tuple[str, str, dict]], seeds: Sequence[int]) -> dict[str, Any]:
+    """Best validation mAP of every student run, per method: ``{label: {"values": [...], "mean": m}}``."""
+    summary = {}
+    for label, _, _ in methods:
+        values = []
+        for seed in seeds:
+            path = students / _run_dir_name(label) / f"seed{seed}" / "metrics.json"
+            if path.exists():
+                values.append(json.loads(path.read_text())["best_val_mAP"])
+        if values:
+            summary[label] = {"values": values, "mean": sum(values) / len(values)}
+    return summary
+
+
+def results_markdown(name: str, command: str, teacher_metrics: dict[str, Any], val: dict[str, Any],
+                     comparison: dict[str, Any], wall_s: float) -> str:
+    """``results.md``: the command, the validation mAP (teacher and students), then the test comparison."""
+    lines = [f"# Accuracy suite: {name}", "",
+             f"Command: `{command}`  ", f"Finished {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC in {wall_s:.0f} s.",
+             "", "## Validation mAP (what settings are chosen on)", "",
+             "| run | val mAP | per seed |", "|---|---|---|"]
+    if "best_val_mAP" in teacher_metrics:
+        lines.append(f"| teacher | {100 * teacher_metrics['best_val_mAP']:.2f} | |")
+    for label, stats in val.items():
+        seeds = " / ".join(f"{100 * v:.2f}" for v in stats["values"])
+        lines.append(f"| {label} | {100 * stats['mean']:.2f} | {seeds} |")
+    if "vanilla" in val and "best_val_mAP" in teacher_metrics:
+        gap = 100 * (teacher_metrics["best_val_mAP"] - val["vanilla"]["mean"])
+        lines += ["", f"Teacher - vanilla student gap on validation: {gap:.2f} mAP points."]
+    lines += ["", "## Test split", "", markdown_table(comparison)]
+    return "\n".join(lines) + "\n"
+
+
+def run_setting(name: str, seeds: Sequence[int], methods: Sequence[str] | None = None,
+                output: str | Path = "runs/accuracy", quick: bool = False, command: str = "") -> dict[str, Any]:
+    """Teacher (trained or reused), students over ``seeds``, and the results files of setting ``name``."""
+    t0 = time.perf_counter()
+    setting = load_setting(name)
+    out = Path(output)
+    entries = select_methods(setting, methods)
+    teacher_setting = setting if setting["teacher_of"] == name else load_setting(setting["teacher_of"])
+    teacher_cfg, _ = run_configs(teacher_setting, quick)
+    _, student_cfg = run_configs(setting, quick)
+    teacher_dir = out / setting["teacher_of"] / "teacher"
+    teacher_metrics = ensure_teacher(teacher_cfg, teacher_dir)
+    students = out / name / "students"
+    comparison = compare(teacher_dir / "best.pt", entries, seeds, config=student_cfg, output=students,
+                         teacher_metrics=teacher_metrics)
+    val = validation_summary(students, entries, seeds)
+    result = {"setting": name, "command": command, "teacher": str(teacher_dir),
+              "teacher_val_mAP": teacher_metrics.get("best_val_mAP"), "val": val, "comparison": comparison,
+              "quick": quick}
+    wall = time.perf_counter() - t0
+    _write(out / name / "results.json", json.dumps(result, indent=2))
+    _write(out / name / "results.md", results_markdown(name, command, teacher_metrics, val, comparison, wall))
+    return result
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("setting", nargs="?", help=f"one of: {', '.join(list_settings())}")
+    parser.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds (default 0,1,2,3,4)")
+    parser.add_argument("--methods", help="comma-separated labels of the setting's methods or distiller names "
+                                          "(default: all the setting lists)")
+    parser.add_argument("--output", help="root folder (default runs/accuracy, with --quick runs/accuracy_quick)")
+    parser.add_argument("--quick", action="store_true", help="smoke test: 320 images, 1 epoch (no measurement)")
+    parser.add_argument("--list", action="store_true", help="list the settings and exit")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.list or not args.setting:
+        for name in list_settings():
+            s = load_setting(name)
+            print(f"{name:12s} {s['common'].get('dataset')}  {len(s['methods'])} methods: "
+                  + ", ".join(m["label"] for m in s["methods"]))
+        return 0 if args.list else 2
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    output = args.output or ("runs/accuracy_quick" if args.quick else "runs/accuracy")
+    command = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    try:
+        run_setting(args.setting, seeds, methods, output, args.quick, command)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print((Path(output) / args.setting / "results.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

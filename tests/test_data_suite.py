@@ -1,0 +1,246 @@
+"""The accuracy suite's data (``fashion_scenes``) and settings (``mlkd/configs/suite``, benchmarks/accuracy.py).
+
+Scenes are checked against a painter written here (resize each object with PIL, paint it where its
+foreground is, later objects on top), and the max-occlusion rule is checked on the painted images.
+"""
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+import mlkd.data.fashion_mosaic as fm
+import mlkd.data.fashion_scenes as fashion_scenes
+from mlkd.config import RunConfig
+from mlkd.data import create_dataset, dataset_options
+from mlkd.data.fashion_mosaic import PALETTE
+from synthetic import write_idx_images, write_idx_labels
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import accuracy  # noqa: E402
+
+REAL_DIR = Path("/usr/share/datasets/fashion-mnist")
+TRAIN_VALUE, TEST_VALUE = 90, 250  # foreground value of the synthetic train / test items
+FG = 16  # the foreground threshold the module doc states
+
+
+def blob_items(n: int, value: int, seed: int) -> np.ndarray:
+    """Items of irregular shapes (an ellipse plus a bar at random places) with constant foreground ``value``."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:28, :28]
+    items = np.zeros((n, 28, 28), dtype=np.uint8)
+    for i in range(n):
+        cy, cx, ry, rx = rng.uniform(9, 19), rng.uniform(9, 19), rng.uniform(4, 12), rng.uniform(4, 12)
+        shape = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+        r = rng.integers(0, 24)
+        shape[r:r + 4, 2:26] = True
+        items[i][shape] = value
+    return items
+
+
+@pytest.fixture
+def root(tmp_path, monkeypatch):
+    """Synthetic Fashion-MNIST files (train items all of value 90, test items of 250); nothing else is found."""
+    monkeypatch.setattr(fm, "SYSTEM_DIR", tmp_path / "system")
+    monkeypatch.setenv("MLKD_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "fmnist"
+    folder.mkdir()
+    for split, n, value in (("train", 50, TRAIN_VALUE), ("t10k", 30, TEST_VALUE)):
+        write_idx_images(folder / f"{split}-images-idx3-ubyte.gz", blob_items(n, value, seed=n))
+        write_idx_labels(folder / f"{split}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    return folder
+
+
+def reference_scene(ds) -> list[tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray, tuple]]]]:
+    """Paint every scene of ``ds`` from its layout, independently of the data set's own painter.
+
+    Returns, per scene, the ``[canvas, canvas, 3]`` image and per object ``(mask, rgb patch, (top, left))``.
+    """
+    lay = ds.layout
+    palette = [np.array(rgb, dtype=np.float64) for _, rgb in PALETTE]
+    scenes = []
+    for i in range(len(ds)):
+        img = np.zeros((ds.canvas, ds.canvas, 3), dtype=np.uint8)
+        objects = []
+        for k in range(lay.offsets[i], lay.offsets[i + 1]):
+            s, t, l = int(lay.size[k]), int(lay.top[k]), int(lay.left[k])
+            patch = np.array(Image.fromarray(ds.items[lay.source[k]]).resize((s, s), Image.BILINEAR))
+            mask = patch >= FG
+            if lay.color[k] >= 0:
+                rgb = np.rint(patch[..., None] * palette[lay.color[k]] / 255).astype(np.uint8)
+            else:
+                rgb = np.stack([patch] * 3, axis=-1)
+            for y in range(s):
+                for x in range(s):
+                    if mask[y, x]:
+                        img[t + y, l + x] = rgb[y, x]
+            objects.append((mask, rgb, (t, l)))
+        scenes.append((img, objects))
+    return scenes
+
+
+def visible_fractions(img: np.ndarray, objects) -> list[float]:
+    """For each object, the share of its foreground pixels whose colour in ``img`` is the object's own."""
+    out = []
+    for mask, rgb, (t, l) in objects:
+        s = mask.shape[0]
+        same = (img[t:t + s, l:l + s] == rgb).all(axis=-1)
+        out.append(float(same[mask].mean()))
+    return out
+
+
+def test_same_options_give_identical_scenes_and_other_seeds_differ(root):
+    opts = dict(num_scenes=12, canvas=48, min_items=2, max_items=5, min_size=8, max_size=24, colors=3)
+    a = create_dataset("fashion_scenes", root, "train", **opts)
+    b = create_dataset("fashion_scenes", root, "train", **opts)
+    fashion_scenes._layout.cache_clear()  # c is drawn afresh, not read from the per-process cache
+    c = create_dataset("fashion_scenes", root, "train", **opts)
+    for x, y in ((a, b), (a, c)):
+        assert torch.equal(torch.stack([x[i][0] for i in range(len(x))]), torch.stack([y[i][0] for i in range(len(y))]))
+        assert torch.equal(x.targets, y.targets)
+    d = create_dataset("fashion_scenes", root, "train", **{**opts, "seed": 1})
+    assert not np.array_equal(a.scene(0), d.scene(0)) or not np.array_equal(a.scene(1), d.scene(1))
+
+
+def test_splits_use_their_own_items(root):
+    train = create_dataset("fashion_scenes", root, "train", num_scenes=20, canvas=40, max_size=28)
+    test = create_dataset("fashion_scenes", root, "test", num_scenes=20, canvas=40, max_size=28)
+    train_px = np.stack([train.scene(i) for i in range(20)])
+    test_px = np.stack([test.scene(i) for i in range(20)])
+    # Resizing blends an item with black, never above its own value: train scenes hold train items only.
+    assert train_px.max() == TRAIN_VALUE and test_px.max() == TEST_VALUE
+    assert (test_px.max(axis=(1, 2, 3)) > TRAIN_VALUE).all()  # every test scene shows a test item
+
+
+@pytest.mark.parametrize("colors", [0, 4])
+def test_scenes_match_an_independent_painter_and_keep_objects_visible(root, colors):
+    ds = create_dataset("fashion_scenes", root, "train", num_scenes=25, canvas=48, min_items=3, max_items=6,
+                        min_size=8, max_size=32, min_visible=0.6, colors=colors)
+    assert len(ds.classes) == (10 * colors if colors else 10)
+    targets = ds.targets
+    occluded = 0
+    for i, (img, objects) in enumerate(reference_scene(ds)):
+        np.testing.assert_array_equal(ds.scene(i), img)
+        fractions = visible_fractions(img, objects)
+        assert min(fractions) >= 0.6, (i, fractions)
+        occluded += sum(f < 1 for f in fractions)
+        # The target: exactly the (colour, class) pairs of the painted objects.
+        lay = ds.layout
+        ks = range(lay.offsets[i], lay.offsets[i + 1])
+        expected = np.zeros(len(ds.classes), dtype=np.float32)
+        for k in ks:
+            label = ds.item_labels[lay.source[k]]
+            expected[label + 10 * lay.color[k] if colors else label] = 1
+        assert torch.equal(targets[i], torch.from_numpy(expected))
+        assert torch.equal(ds[i][1], targets[i])
+        assert 1 <= len(ks) <= 6
+    assert occluded > 0  # the rule was exercised: some objects are partly hidden
+
+
+@pytest.mark.skipif(not (REAL_DIR / "train-images-idx3-ubyte.gz").is_file(), reason="dataset-fashion-mnist not installed")
+def test_real_clutter_keeps_min_visible_and_small_objects_are_common():
+    ds = create_dataset("fashion_scenes", REAL_DIR, "test", num_scenes=60, seed=3)  # the suite's clutter defaults
+    for img, objects in reference_scene(ds):
+        assert min(visible_fractions(img, objects)) >= 0.6
+    sizes = ds.layout.size
+    assert sizes.min() >= 8 and sizes.max() <= 48
+    assert np.mean(sizes < 20) > 0.4  # log-uniform on [8, 48]: about half the objects under 20 px
+    assert np.diff(ds.layout.offsets).mean() > 3
+
+
+def test_image_and_default_transform(root):
+    ds = create_dataset("fashion_scenes", root, "test", num_scenes=3, canvas=32, max_size=20)
+    img, target = ds[0]
+    assert img.shape == (3, 32, 32) and img.dtype == torch.float32 and target.shape == (10,)
+    np.testing.assert_allclose(img.permute(1, 2, 0).numpy() * 255, ds.scene(0), atol=1e-3)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"min_size": 30, "max_size": 20}, "max_size must be an integer between 30 and 96"),
+    ({"max_items": 1}, "max_items must be an integer >= 2"),
+    ({"colors": 9}, "colors must be an integer between 2 and 8"),
+    ({"min_visible": 1.5}, "min_visible must be a number in [0, 1]"),
+    ({"canvas": 40, "max_size": 48}, "max_size must be an integer between 8 and 40"),
+])
+def test_bad_options_name_the_option(root, options, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        create_dataset("fashion_scenes", root, "train", num_scenes=2, **options)
+
+
+# ---- the suite's settings ----------------------------------------------------------------------------
+
+def test_every_setting_resolves_to_valid_runs(root):
+    names = accuracy.list_settings()
+    assert {"demo", "sparse", "clutter", "many_labels", "lowres"} <= set(names)
+    seen = {}
+    for name in names:
+        setting = accuracy.load_setting(name)
+        teacher, student = accuracy.run_configs(setting)
+        assert isinstance(teacher, RunConfig) and isinstance(student, RunConfig)
+        assert set(student.dataset_options) <= set(dataset_options(student.dataset))
+        assert student.dataset == teacher.dataset and student.dataset_options == teacher.dataset_options
+        # The data each setting is about can be built (on the synthetic items, few scenes).
+        opts = {**student.dataset_options}
+        opts[accuracy.QUICK_COUNT_OPTIONS[student.dataset]] = 4
+        data = create_dataset(student.dataset, root, "train", **opts)
+        seen[name] = (student.dataset, yaml.safe_dump(student.dataset_options), student.model, student.img_size,
+                      len(data.classes))
+    assert len(set(seen.values())) == len(seen), seen  # no two settings are the same experiment
+    assert seen["many_labels"][4] >= 30
+    assert accuracy.load_setting("sparse")["common"]["dataset_options"]["min_items"] == 1
+    lowres_teacher, lowres = accuracy.run_configs(accuracy.load_setting("lowres"))
+    demo_teacher, _ = accuracy.run_configs(accuracy.load_setting("demo"))
+    assert lowres.weights and lowres.img_size < demo_teacher.img_size
+    assert accuracy.load_setting("lowres")["teacher_of"] == "demo"
+
+
+def test_method_selection():
+    setting = accuracy.load_setting("demo")
+    labels = [m["label"] for m in setting["methods"]]
+    assert [e[0] for e in accuracy.select_methods(setting, None)] == labels
+    chosen = accuracy.select_methods(setting, ["vanilla", "l2d-paper", "rkd"])
+    assert chosen[1] == ("L2D-paper", "l2d_paper", {})
+    assert chosen[2] == ("rkd", "rkd", {})
+    with pytest.raises(ValueError, match="names a method twice"):
+        accuracy.select_methods(setting, ["kd", "KD"])
+    with pytest.raises(ValueError, match="unknown setting 'cluter'; valid settings: clutter"):
+        accuracy.load_setting("cluter")
+
+
+def test_a_teacher_folder_of_other_settings_is_refused(tmp_path):
+    teacher, _ = accuracy.run_configs(accuracy.load_setting("demo"))
+    folder = tmp_path / "teacher"
+    folder.mkdir()
+    other = {**teacher.to_dict(), "lr": teacher.lr * 3, "output": str(folder)}
+    (folder / "config.yaml").write_text(yaml.safe_dump(other))
+    with pytest.raises(ValueError, match=r"holds a teacher trained with other settings \(lr\)"):
+        accuracy.ensure_teacher(teacher, folder)
+
+
+def test_tinted_mosaics_keep_the_grey_layout_and_label_colour_class_pairs(root):
+    grey = create_dataset("fashion_mosaic", root, "train", num_mosaics=10, min_items=2)
+    tinted = create_dataset("fashion_mosaic", root, "train", num_mosaics=10, min_items=2, colors=3)
+    np.testing.assert_array_equal(grey.sources, tinted.sources)
+    assert tinted.classes[:2] == ["red T-shirt/top", "red Trouser"] and len(tinted.classes) == 30
+    assert ((tinted.tints >= 0) == (tinted.sources >= 0)).all() and tinted.tints.max() <= 2
+    for i in range(10):
+        img, target = tinted[i]
+        pixels = np.rint(img.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+        expected = np.zeros(30, dtype=np.float32)
+        for cell, (src, color) in enumerate(zip(tinted.sources[i], tinted.tints[i])):
+            r, c = divmod(cell, 2)
+            block = pixels[28 * r:28 * (r + 1), 28 * c:28 * (c + 1)]
+            if src < 0:
+                assert not block.any()
+                continue
+            expected[tinted.item_labels[src] + 10 * color] = 1
+            want = np.array(PALETTE[color][1]) / 255 * tinted.items[src][..., None].astype(np.float64)
+            np.testing.assert_allclose(block, want, atol=0.5 + 1e-9)
+        assert torch.equal(target, torch.from_numpy(expected))
+        assert torch.equal(tinted.targets[i], target)

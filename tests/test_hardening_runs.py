@@ -1,0 +1,415 @@
+"""Promises about files and reruns (docs/guarantees.md): safe checkpoints, crash-consistent epochs,
+results independent of --quiet, one writer per output folder, and nothing deleted that mlkd did not write."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import mlkd
+from mlkd import files
+from mlkd.cli import main
+from mlkd.engine import logging as run_logging
+from mlkd.engine import trainer as trainer_module
+from mlkd.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from mlkd.engine.run_folder import LOCK_NAME, OutputInUseError, RunFolder
+from synthetic import write_fashion_like
+
+# Timing columns differ between any two runs; everything else must match bit for bit.
+TIMING = ("epoch_seconds", "images_per_second")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_fashion_like(tmp_path_factory.mktemp("h1data"), n_train=160, n_test=60)
+
+
+def tiny(data, output, **overrides):
+    values = dict(dataset="fashion_mosaic", data_root=str(data), dataset_options={"num_mosaics": 192},
+                  img_size=32, batch_size=16, epochs=2, lr=1e-2, model="tiny_cnn", augment=False, device="cpu",
+                  quiet=True, output=str(output), tensorboard=False, threads=1,
+                  model_options={"embed_dim": 16, "num_heads": 2, "ffn_dim": 16})
+    values.update(overrides)
+    return values
+
+
+def cli_flags(data, output, epochs=1):
+    return ["--dataset", "fashion_mosaic", "--data-root", str(data), "--dataset-option", "num_mosaics=192",
+            "--img-size", "32", "--batch-size", "16", "--epochs", str(epochs), "--lr", "1e-2", "--model", "tiny_cnn",
+            "--model-option", "embed_dim=16", "--model-option", "num_heads=2", "--model-option", "ffn_dim=16",
+            "--no-augment", "--device", "cpu", "--threads", "1", "--quiet", "--output", str(output)]
+
+
+@pytest.fixture(scope="module")
+def finished(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("h1runs") / "run"
+    mlkd.train(**tiny(data, out))
+    return out
+
+
+# ---------------------------------------------------------------- hostile checkpoints
+
+class _Payload:
+    """An object whose unpickling runs a shell command: what a hostile .pt file carries."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch '{self.marker}'",)
+
+
+def test_checkpoints_load_weights_only_and_restore_every_generator(finished):
+    for name in ("last.pt", "best.pt"):
+        state = torch.load(finished / name, map_location="cpu", weights_only=True)
+        assert "model" in state and "model_args" in state
+    rng = torch.load(finished / "last.pt", weights_only=True)["rng"]
+    import random
+
+    set_rng_state(rng)
+    want = (random.random(), np.random.rand(), torch.rand(1).item())
+    path = save_checkpoint({"model": {}, "model_args": {}, "rng": rng_state()}, finished.parent / "rng.pt")
+    draws = (random.random(), np.random.rand(), torch.rand(1).item())
+    set_rng_state(load_checkpoint(path)["rng"])
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == draws
+    assert draws != want
+    # Saving refuses what a weights-only load would refuse, naming the key.
+    with pytest.raises(TypeError, match=r"\['extra'\].*set"):
+        save_checkpoint({"model": {}, "model_args": {}, "extra": {1, 2}}, finished.parent / "bad.pt")
+
+
+def test_hostile_checkpoint_is_refused_and_its_payload_never_runs(finished, data, tmp_path, capsys):
+    marker = tmp_path / "payload-ran"
+    good = load_checkpoint(finished / "last.pt")
+    evil = tmp_path / "evil.pt"
+    torch.save({**good, "extra": _Payload(marker)}, evil)
+    # The file is a real attack: an unsafe load runs the command.
+    torch.load(evil, weights_only=False)
+    assert marker.exists()
+    marker.unlink()
+
+    with pytest.raises(ValueError, match=r"refused.*pickled Python object \(posix\.system\)"):
+        load_checkpoint(evil)
+    for argv in (["eval", "--checkpoint", str(evil), "--device", "cpu"],
+                 ["export", "--checkpoint", str(evil), "--output", str(tmp_path / "x.onnx")],
+                 ["distill", "--method", "kd", "--teacher", str(evil), *cli_flags(data, tmp_path / "d")]):
+        assert main(argv) == 2, argv
+        assert "refused" in capsys.readouterr().err
+    # --resume reads last.pt the same way.
+    shutil.copytree(finished, tmp_path / "resumed")
+    shutil.copy(evil, tmp_path / "resumed" / "last.pt")
+    assert main(["train", "--output", str(tmp_path / "resumed"), "--resume"]) == 2
+    assert "refused" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------- crash consistency
+
+class Killed(BaseException):
+    """A simulated kill -9: not an Exception, so nothing on the way up treats it as an error."""
+
+
+def _kill_at(monkeypatch, k):
+    """Make the k-th atomic rename of a run the instant the process dies (after its data was written)."""
+    real = files.replace
+    calls = {"n": 0}
+
+    def replace(tmp, path):
+        calls["n"] += 1
+        if calls["n"] == k:
+            # What a real kill leaves behind: a complete temporary file that was never renamed.
+            shutil.copy(tmp, tmp.with_name(f".{path.name}.killed00.tmp"))
+            raise Killed
+        real(tmp, path)
+
+    monkeypatch.setattr(files, "replace", replace)
+    return calls
+
+
+def _tensors_equal(a, b, where="") -> None:
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        keys = set(a) - {"output", *TIMING}
+        assert keys == set(b) - {"output", *TIMING}, where
+        for k in keys:
+            _tensors_equal(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _tensors_equal(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def _snapshot(folder):
+    rows = list(csv.DictReader((folder / "log.csv").open()))
+    return {
+        "last": torch.load(folder / "last.pt", weights_only=True),
+        "best": torch.load(folder / "best.pt", weights_only=True),
+        "metrics": json.loads((folder / "metrics.json").read_text()),
+        "jsonl": [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()],
+        "csv": [{k: v for k, v in r.items() if k not in TIMING} for r in rows],
+        "files": sorted(p.name for p in folder.iterdir()),
+        "scores": {k: torch.from_numpy(v) for k, v in np.load(folder / "test_scores.npz").items()}
+        if (folder / "test_scores.npz").exists() else None,
+    }
+
+
+def test_a_kill_at_any_write_then_resume_ends_as_the_uninterrupted_run(data, tmp_path, monkeypatch):
+    # The plot is drawn from the history again by every run that finishes; it is not compared here.
+    monkeypatch.setattr(trainer_module, "plot_learning_curves", lambda *args, **kwargs: None)
+    small = {"dataset_options": {"num_mosaics": 128}}
+    counter = _kill_at(monkeypatch, 0)  # counts only
+    mlkd.train(**tiny(data, tmp_path / "straight", **small))
+    writes = counter["n"]
+    want = _snapshot(tmp_path / "straight")
+    # config.yaml, then per epoch last.pt [best.pt] log.jsonl log.csv, then metrics.json and test scores.
+    assert writes >= 1 + 2 * 3 + 1
+    for k in range(1, writes + 1):
+        out = tmp_path / f"killed{k}"
+        _kill_at(monkeypatch, k)
+        with pytest.raises(Killed):
+            mlkd.train(**tiny(data, out, **small))
+        monkeypatch.setattr(files, "replace", os.replace)
+        mlkd.train(**tiny(data, out, resume=True, **small))
+        got = _snapshot(out)
+        assert got["files"] == want["files"], k  # orphan temporaries removed, nothing missing
+        _tensors_equal(got, want, f"kill at write {k}")
+
+
+def test_a_one_epoch_run_killed_before_best_pt_finishes_with_resume(data, tmp_path, monkeypatch):
+    _kill_at(monkeypatch, 3)  # config.yaml, last.pt, then best.pt: the process dies
+    with pytest.raises(Killed):
+        mlkd.train(**tiny(data, tmp_path / "one", epochs=1))
+    assert not (tmp_path / "one" / "best.pt").exists()
+    monkeypatch.setattr(files, "replace", os.replace)
+    result = mlkd.train(**tiny(data, tmp_path / "one", epochs=1, resume=True))
+    assert load_checkpoint(tmp_path / "one" / "best.pt")["epoch"] == 1 and result.best_epoch == 1
+    assert [r["epoch"] for r in result.history] == [1]
+
+
+# ---------------------------------------------------------------- --quiet
+
+def test_quiet_never_changes_the_numbers(data, tmp_path, monkeypatch, caplog):
+    quiet = mlkd.train(**tiny(data, tmp_path / "quiet"))
+    # Without a terminal: lines in the log instead of a bar, one per epoch at least.
+    monkeypatch.setattr(run_logging, "PROGRESS_INTERVAL_S", 0.0)
+    with caplog.at_level("INFO", logger="mlkd"):
+        mlkd.train(**tiny(data, tmp_path / "lines", quiet=False))
+    text = caplog.text
+    assert "epoch 1/2: 1/" in text and "epoch 2/2  " in text
+    # On a terminal: a tqdm bar; and quiet may change on resume.
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    mlkd.train(**tiny(data, tmp_path / "bar", quiet=False))
+    real = trainer_module.run_epoch
+    calls = {"n": 0}
+
+    def killed_in_second_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "run_epoch", killed_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        mlkd.train(**tiny(data, tmp_path / "switched"))
+    monkeypatch.setattr(trainer_module, "run_epoch", real)
+    mlkd.train(**tiny(data, tmp_path / "switched", quiet=False, resume=True))
+    want = load_checkpoint(tmp_path / "quiet" / "last.pt")["model"]
+    for name in ("lines", "bar", "switched"):
+        _tensors_equal(load_checkpoint(tmp_path / name / "last.pt")["model"], want, name)
+    assert quiet.metrics["mAP"] == json.loads((tmp_path / "bar" / "metrics.json").read_text())["mAP"]
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_progress_never_iterates_its_loader_itself(terminal, monkeypatch):
+    from torch.utils.data import DataLoader
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal, raising=False)
+
+    draws = {"iter": 0}
+
+    class Counting(DataLoader):
+        def __iter__(self):
+            draws["iter"] += 1
+            return super().__iter__()
+
+    loader = Counting(list(range(10)), batch_size=2, shuffle=True, generator=torch.Generator().manual_seed(0))
+    assert len(list(run_logging.progress(loader, len(loader), "x", enabled=True))) == 5
+    assert draws["iter"] == 1
+
+
+# ---------------------------------------------------------------- one writer per folder
+
+def test_a_second_run_into_a_busy_folder_is_refused_and_a_dead_holder_blocks_nothing(data, tmp_path, capsys):
+    out = tmp_path / "busy"
+    out.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time\n"
+         f"fd = os.open({str(out / LOCK_NAME)!r}, os.O_RDWR | os.O_CREAT)\n"
+         "fcntl.flock(fd, fcntl.LOCK_EX)\nos.write(fd, str(os.getpid()).encode())\n"
+         "print('locked', flush=True)\ntime.sleep(120)\n"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert main(["train", *cli_flags(data, out)]) == 2
+        err = capsys.readouterr().err
+        assert f"pid {holder.pid}" in err and str(out) in err
+        assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]  # nothing written meanwhile
+    finally:
+        holder.kill()  # SIGKILL: the kernel drops the lock with the process
+        holder.wait()
+    assert main(["train", *cli_flags(data, out)]) == 0
+    # While a run holds the folder, the same process cannot take it twice either.
+    with RunFolder(out):
+        with pytest.raises(OutputInUseError):
+            RunFolder(out).open()
+
+
+# ---------------------------------------------------------------- output folders
+
+def test_failed_runs_leave_no_folder_and_user_files_stay(data, tmp_path, capsys):
+    new = tmp_path / "a" / "b"
+    assert main(["distill", "--method", "l2d", *cli_flags(data, new)]) == 2  # no teacher: fails in setup
+    assert "--teacher" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    assert main(["distill", "--method", "l2d", *cli_flags(data, mine)]) == 2
+    assert mine.is_dir() and list(mine.iterdir()) == []  # the user's folder stays, emptied of mlkd's lock only
+    (mine / "notes.txt").write_text("keep me")
+    assert main(["train", *cli_flags(data, mine)]) == 2
+    assert "not an mlkd run (notes.txt)" in capsys.readouterr().err
+    assert (mine / "notes.txt").read_text() == "keep me" and len(list(mine.iterdir())) == 1
+
+
+def test_unwritable_outputs_get_clear_errors(data, tmp_path, capsys, monkeypatch):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    assert main(["train", *cli_flags(data, blocker / "run")]) == 2
+    assert f"{blocker} is a file" in capsys.readouterr().err
+    locked = tmp_path / "ro"
+    locked.mkdir()
+    locked.chmod(0o555)
+    if os.access(locked, os.W_OK):  # root ignores the mode: simulate the kernel's answer
+        real_open = os.open
+
+        def refuse(path, *args, **kwargs):
+            if str(path).startswith(str(locked)):
+                raise PermissionError(13, "Permission denied", str(path))
+            return real_open(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", refuse)
+    assert main(["train", *cli_flags(data, locked)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write into the output folder {locked}" in err and "writable --output" in err
+
+
+def test_disk_full_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    path = tmp_path / "ck.pt"
+    save_checkpoint({"model": {"w": torch.ones(3)}, "model_args": {}}, path)
+    monkeypatch.setattr(files, "create_temp", lambda p: (os.open("/dev/full", os.O_WRONLY), tmp_path / ".never"))
+    with pytest.raises(OSError, match=rf"could not write {path}.*disk is full"):
+        save_checkpoint({"model": {"w": torch.zeros(1000)}, "model_args": {}}, path)
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]
+
+
+def test_outputs_follow_the_umask(finished, tmp_path):
+    umask = os.umask(0)
+    os.umask(umask)
+    want = 0o666 & ~umask
+    for name in ("last.pt", "best.pt", "log.csv", "metrics.json", "config.yaml"):
+        assert (finished / name).stat().st_mode & 0o777 == want, name
+    pytest.importorskip("onnx")
+    onnx_path = mlkd.export(finished / "best.pt", tmp_path / "m.onnx")
+    assert onnx_path.stat().st_mode & 0o777 == want
+
+
+# ---------------------------------------------------------------- resume
+
+def test_resume_from_the_folder_alone_and_clear_refusals(data, finished, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["train", *cli_flags(data, out, epochs=2)]) == 0
+    want = load_checkpoint(out / "last.pt")["model"]
+    # A finished run resumed with no other flags: its own config.yaml, the report written again.
+    assert main(["train", "--output", str(out), "--resume"]) == 0
+    _tensors_equal(load_checkpoint(out / "last.pt")["model"], want)
+    assert main(["train", "--output", str(out), "--resume", "--epochs", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "epochs: 2 -> 3" in err and f"--config {out / 'config.yaml'} --resume" in err
+    # Data with other classes: a clear refusal, not a load_state_dict traceback.
+    state = load_checkpoint(out / "last.pt")
+    state["classes"] = ["a", "b", "c"]
+    save_checkpoint(state, out / "last.pt")
+    assert main(["train", "--output", str(out), "--resume"]) == 2
+    assert "trained on 3 classes" in capsys.readouterr().err
+    # Nothing to resume.
+    assert main(["train", *cli_flags(data, tmp_path / "never"), "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_orphan_cleanup_touches_only_mlkd_temporaries(data, finished, tmp_path):
+    out = tmp_path / "o"
+    shutil.copytree(finished, out)
+    ours = out / ".last.pt.abcd1234.tmp"
+    theirs = [out / ".notes.txt.abcd1234.tmp", out / ".last.pt.tmp", out / "last.pt.abcd1234.tmp"]
+    for p in [ours, *theirs]:
+        p.write_bytes(b"x")
+    mlkd.train(**tiny(data, out, resume=True))
+    assert not ours.exists() and all(p.exists() for p in theirs)
+
+
+# ---------------------------------------------------------------- the demo
+
+def test_demo_never_deletes_and_continues_where_it_stopped(data, tmp_path, monkeypatch, caplog):
+    from mlkd import demo
+
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "thesis.tex").write_text("years of work")
+    with pytest.raises(FileExistsError, match="not an mlkd demo run"):
+        demo.run_demo(user, seeds=(0,))
+    assert [p.name for p in user.iterdir()] == ["thesis.tex"]
+
+    common = {k: v for k, v in tiny(data, "x").items() if k not in ("output", "quiet", "epochs")}
+    settings = {"common": common, "teacher": {"model": "tiny_cnn", "epochs": 2}, "student": {"epochs": 1},
+                "methods": [{"label": "vanilla", "method": "vanilla"}, {"label": "KD", "method": "kd"}]}
+    monkeypatch.setattr(demo, "demo_settings", lambda quick=False: settings)
+    real_fit = demo.compare.__globals__["fit"]
+    calls = []
+    stop = {"at": 3}
+
+    def stopped_at_second_student(cfg):
+        calls.append((cfg.output, cfg.resume))
+        if len(calls) == stop["at"]:
+            raise KeyboardInterrupt
+        return real_fit(cfg)
+
+    monkeypatch.setattr(demo, "fit", stopped_at_second_student)
+    monkeypatch.setitem(demo.compare.__globals__, "fit", stopped_at_second_student)
+    out = tmp_path / "demo"
+    with caplog.at_level("INFO", logger="mlkd"), pytest.raises(KeyboardInterrupt):
+        demo.run_demo(out, seeds=(0,))
+    assert "epoch 2/2" in caplog.text  # the teacher phase reports each epoch
+    teacher_mtime = (out / "teacher" / "last.pt").stat().st_mtime_ns
+    calls.clear()
+    stop["at"] = 0
+    result = demo.run_demo(out, seeds=(0,))
+    assert [resume for _, resume in calls] == [True, True, False]  # teacher and vanilla continue, KD starts
+    assert (out / "teacher" / "last.pt").stat().st_mtime_ns == teacher_mtime  # not trained again
+    assert set(result["methods"]) == {"vanilla", "KD"} and (out / "comparison.md").is_file()
+    with pytest.raises(FileExistsError, match="other settings"):
+        settings["teacher"] = {"model": "tiny_cnn", "epochs": 3}
+        demo.run_demo(out, seeds=(0,))

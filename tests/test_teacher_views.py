@@ -1,0 +1,260 @@
+"""Reproducible augmented views, consistent teaching and the teacher cache with augmentation."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mlkd
+from mlkd.config import make_config
+from mlkd.data import build_transforms, create_dataset
+from mlkd.data.views import VIEW_SEED, AugmentedViews, epoch_view, mix_seed
+from mlkd.engine import trainer as trainer_module
+from mlkd.engine.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from mlkd.engine.evaluate import ModelInput
+from mlkd.engine.teacher_cache import FILL_CHUNK, TeacherCache, check_cache_memory, fill_view, shared_cache
+from mlkd.models import create_model
+from mlkd.outputs import ModelOutput
+from synthetic import write_fashion_like
+
+HEAD = {"embed_dim": 16, "num_heads": 2, "ffn_dim": 32}
+TEACHER_SIZE = 64  # the teacher sees the student's 32 px views resized to its own resolution
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return write_fashion_like(tmp_path_factory.mktemp("fashion"), n_train=120, n_test=40)
+
+
+@pytest.fixture(scope="module")
+def teacher(data_root, tmp_path_factory):
+    """A randomly initialised teacher checkpoint: what is tested here does not depend on its weights."""
+    classes = create_dataset("fashion_mosaic", str(data_root), "test", num_mosaics=1).classes
+    torch.manual_seed(1)
+    model = create_model("tiny_cnn", len(classes), **HEAD)
+    path = tmp_path_factory.mktemp("teacher") / "best.pt"
+    return save_checkpoint({"model": model.state_dict(), "model_args": model.model_args, "classes": classes,
+                            "config": {"img_size": TEACHER_SIZE}, "input_norm": None}, path)
+
+
+def augmented_set(data_root, n=40):
+    return create_dataset("fashion_mosaic", str(data_root), "train", transform=build_transforms(32, train=True),
+                          num_mosaics=n)
+
+
+def run_config(data_root, output, **overrides):
+    values = dict(dataset="fashion_mosaic", data_root=str(data_root), dataset_options={"num_mosaics": 150},
+                  img_size=32, batch_size=16, epochs=3, lr=1e-2, model="tiny_cnn", model_options=HEAD,
+                  augment=True, device="cpu", quiet=True, output=str(output), tensorboard=False, method="l2d")
+    values.update(overrides)
+    return values
+
+
+def test_a_view_depends_on_seed_index_and_view_only(data_root):
+    views = AugmentedViews(augmented_set(data_root), views=4, seed=3)
+    torch.manual_seed(0)
+    first = views.view(5, 2)[0]
+    before = torch.get_rng_state()
+    views.view(7, 1)  # another image and view in between
+    assert torch.equal(torch.get_rng_state(), before)  # the caller's random stream is untouched
+    torch.manual_seed(123)
+    assert torch.equal(views.view(5, 2)[0], first)
+    assert not torch.equal(views.view(5, 3)[0], first)
+    # The K views are shared by every run seed; only the fresh-view regime follows the run's seed.
+    assert torch.equal(AugmentedViews(views.dataset, views=4, seed=9).view(5, 2)[0], first)
+    fresh_a = AugmentedViews(views.dataset, views=None, seed=3).view(5, 2)[0]
+    fresh_b = AugmentedViews(views.dataset, views=None, seed=4).view(5, 2)[0]
+    assert not torch.equal(fresh_a, fresh_b)
+    # Regenerating by hand from (VIEW_SEED, index, view) gives the same tensor.
+    torch.manual_seed(mix_seed(VIEW_SEED, 5, 2))
+    assert torch.equal(views.dataset[5][0], first)
+
+
+def test_loader_views_do_not_depend_on_workers(data_root):
+    views = AugmentedViews(augmented_set(data_root), views=None, seed=0)
+    views.set_epoch(1)
+    batches = {}
+    for workers in (0, 2):
+        loader = mlkd.data.build_loader(views, 8, train=True, workers=workers, seed=0)
+        batches[workers] = next(iter(loader))
+    images, _, index, view = batches[0]
+    assert torch.equal(images, batches[2][0]) and torch.equal(index, batches[2][2])
+    assert view.tolist() == [1] * 8  # fresh views: view id = epoch
+    assert torch.equal(images[0], views.view(int(index[0]), 1)[0])
+
+
+def test_each_block_of_k_epochs_visits_every_view_once():
+    for seed in (0, 1):
+        order = [epoch_view(seed, e, 4) for e in range(12)]
+        for block in range(3):
+            assert sorted(order[4 * block: 4 * block + 4]) == [0, 1, 2, 3]
+    assert [epoch_view(0, e, 4) for e in range(8)] != [epoch_view(1, e, 4) for e in range(8)]
+    assert [epoch_view(0, e, None) for e in range(3)] == [0, 1, 2]
+
+
+def test_cached_outputs_equal_a_fresh_teacher_forward(data_root, teacher):
+    model, _ = model_from_checkpoint(teacher)
+    norm = ModelInput(size=TEACHER_SIZE)
+    views = AugmentedViews(augmented_set(data_root, n=FILL_CHUNK + 6), views=3, seed=0)
+    cache = TeacherCache(len(views), 3, keep_embeddings=True, feature_levels=None)
+    seen = fill_view(cache, model, norm, views, 2, torch.device("cpu"), indices=[FILL_CHUNK + 1])
+    assert seen == 6 and cache.filled[2].sum() == 6  # only the (short) chunk that holds the image asked for
+    assert fill_view(cache, model, norm, views, 2, torch.device("cpu")) == FILL_CHUNK
+    assert fill_view(cache, model, norm, views, 2, torch.device("cpu")) == 0  # all there: the teacher stays idle
+    index = torch.tensor([FILL_CHUNK + 3, 0, 17])
+    got = cache.get(index, torch.tensor([2, 2, 2]), torch.device("cpu"))
+    with torch.no_grad():
+        want = model(norm(torch.stack([views.view(int(i), 2)[0] for i in index])))
+    # A batch of 3 instead of the fill chunk of 64 may change the last float bits, hence the tolerance.
+    torch.testing.assert_close(got.logits, want.logits, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got.label_embeddings, want.label_embeddings, rtol=1e-5, atol=1e-6)
+    assert len(got.features) == len(want.features)
+    for g, w in zip(got.features, want.features):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+    with pytest.raises(RuntimeError, match="before being filled"):
+        cache.get(torch.tensor([0]), torch.tensor([1]), torch.device("cpu"))
+
+
+def test_shared_cache_keeps_what_is_asked_and_widens():
+    out = ModelOutput(torch.randn(2, 3), torch.randn(2, 3, 4), [torch.randn(2, 5, 4, 4), torch.randn(2, 6, 2, 2)])
+    cache = shared_cache(("a",), 4, 2, keep_embeddings=False, feature_levels=1, sample=out, limit_gib=1)
+    cache.put(1, torch.tensor([0, 1]), out)
+    got = cache.get(torch.tensor([1]), torch.tensor([1]), torch.device("cpu"))
+    assert got.label_embeddings is None and len(got.features) == 1
+    assert torch.equal(got.features[0], out.features[1][1:]) and torch.equal(got.logits, out.logits[1:])
+    narrower = shared_cache(("a",), 4, 2, keep_embeddings=False, feature_levels=0, sample=out, limit_gib=1)
+    assert narrower is cache
+    wider = shared_cache(("a",), 4, 2, keep_embeddings=True, feature_levels=None, sample=out, limit_gib=1)
+    assert wider is not cache and wider.keep_embeddings and wider.feature_levels is None
+    assert not wider.filled.any()  # a new cache is filled again by the teacher
+    assert shared_cache(("b",), 4, 2, keep_embeddings=False, feature_levels=0, sample=out, limit_gib=1) is not wider
+
+
+def test_a_cache_over_the_limit_is_refused_with_the_ways_out():
+    counts = {"logits": 80, "embeddings": 80 * 768}
+    # 8 views x 82,081 images x 61,520 values x 4 bytes = 150.49 GiB
+    with pytest.raises(ValueError, match=r"8 views x 82081 images x \(80 logits \+ 61440 embeddings\).*150\.49"
+                                         r".*fewer views will not help.*label-wise embeddings.*--cache-limit-gib"):
+        check_cache_memory(82_081, 8, counts, 2.0)
+    with pytest.raises(ValueError, match=r"--teacher-views 2 fits"):
+        check_cache_memory(1000, 8, counts, 0.5)
+    assert check_cache_memory(1000, 2, counts, 0.5) == 2 * 1000 * (80 + 80 * 768) * 4
+
+
+def test_run_refuses_an_oversized_cache(data_root, teacher, tmp_path):
+    with pytest.raises(ValueError, match=r"teacher cache would need 8 views x 135 images.*cache-limit-gib"):
+        mlkd.distill(**run_config(data_root, tmp_path / "big", teacher=str(teacher), cache_teacher=True,
+                                  cache_limit_gib=1e-6))
+
+
+def test_cli_caches_the_teacher_with_augmentation(data_root, teacher, tmp_path):
+    from mlkd.cli import main
+
+    args = ["distill", "--teacher", str(teacher), "--cache-teacher", "--teacher-views", "3", "--dataset",
+            "fashion_mosaic", "--data-root", str(data_root), "--dataset-option", "num_mosaics=80", "--img-size",
+            "32", "--batch-size", "16", "--epochs", "1", "--model", "tiny_cnn", "--device", "cpu", "--quiet",
+            *[f"--model-option={k}={v}" for k, v in HEAD.items()], "--output", str(tmp_path / "cli")]
+    assert main(args) == 0
+    assert load_checkpoint(tmp_path / "cli" / "last.pt")["config"]["teacher_views"] == 3
+
+
+def _record_teacher(monkeypatch, calls):
+    """Count the images the teacher runs on, and keep what each step gave the distiller."""
+    real_load, real_outputs = trainer_module.load_teacher, trainer_module.teacher_outputs
+
+    def load(*args, **kwargs):
+        model, norm = real_load(*args, **kwargs)
+        model.register_forward_hook(lambda m, inp, out: calls["teacher_images"].append(inp[0].shape[0]))
+        calls["model"], calls["norm"] = model, norm
+        return model, norm
+
+    def outputs(teacher, norm, images, index, view, cache, device):
+        out = real_outputs(teacher, norm, images, index, view, cache, device)
+        calls["steps"].append((images.clone(), index.clone(), view.clone(), out))
+        return out
+
+    monkeypatch.setattr(trainer_module, "load_teacher", load)
+    monkeypatch.setattr(trainer_module, "teacher_outputs", outputs)
+
+
+def test_k_view_cache_trains_bit_identically_and_teaches_consistently(data_root, teacher, tmp_path, monkeypatch):
+    # The premise of bit-equality: this teacher's output for an image does not depend on its batch
+    # (true of this tiny CPU model at 64 px, not at 40 or 48 px; in general only the cache's fixed fill
+    # chunks make reruns agree).
+    model, _ = model_from_checkpoint(teacher)
+    x = torch.rand(64, 3, TEACHER_SIZE, TEACHER_SIZE)
+    with torch.no_grad():
+        assert torch.equal(model(x[10:26]).label_embeddings, model(x).label_embeddings[10:26])
+
+    common = dict(teacher=str(teacher), teacher_views=2, epochs=3)
+    runs = {}
+    for label, cache in (("plain", False), ("cached", True)):
+        calls = {"teacher_images": [], "steps": []}
+        _record_teacher(monkeypatch, calls)
+        result = mlkd.distill(**run_config(data_root, tmp_path / label, cache_teacher=cache, **common))
+        monkeypatch.undo()
+        runs[label] = (result, calls)
+
+    (plain, p_calls), (cached, c_calls) = runs["plain"], runs["cached"]
+    a = load_checkpoint(tmp_path / "plain" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "cached" / "last.pt")["model"]
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    for p_rec, c_rec in zip(plain.history, cached.history):
+        assert {k: v for k, v in p_rec.items() if k.startswith("train_")} == \
+               {k: v for k, v in c_rec.items() if k.startswith("train_")}
+    assert plain.metrics["mAP"] == cached.metrics["mAP"]
+
+    # 135 training images (150 less the validation tenth), 8 steps of 16 per epoch. Both start with one
+    # sample batch of 2 (the distiller's shapes). Without the cache the teacher runs on every step; with
+    # it, once per (image, view): 3 epochs over 2 views visit both views, so 2 x 135 images.
+    n_train, views_used = 135, {epoch_view(0, e, 2) for e in range(3)}
+    assert views_used == {0, 1}
+    assert sum(p_calls["teacher_images"]) == 2 + 3 * 8 * 16
+    assert sum(c_calls["teacher_images"]) == 2 + len(views_used) * n_train
+
+    # Consistent teaching: each step's images are exactly the views named by (index, view), and the
+    # teacher's outputs (cached or not) are the teacher's on those very images.
+    train_set = trainer_module.build_datasets(make_config(run_config(data_root, tmp_path / "x")))[0]
+    views = AugmentedViews(train_set, views=2, seed=0)
+    for calls in (p_calls, c_calls):
+        model, norm = calls["model"], calls["norm"]
+        for images, index, view, out in calls["steps"][::5]:
+            assert len(set(view.tolist())) == 1  # one view id per epoch
+            for j in (0, 9):
+                assert torch.equal(images[j], views.view(int(index[j]), int(view[j]))[0])
+            with torch.no_grad():
+                fresh = model(norm(images))
+            assert torch.equal(out.label_embeddings, fresh.label_embeddings)
+            assert torch.equal(out.logits, fresh.logits)
+
+
+def test_resume_with_augmentation_cache_and_workers_is_exact(data_root, teacher, tmp_path, monkeypatch):
+    from mlkd.engine import teacher_cache
+
+    common = dict(teacher=str(teacher), cache_teacher=True, teacher_views=2, epochs=3)
+    teacher_cache._POOL.clear()
+    straight = mlkd.distill(**run_config(data_root, tmp_path / "straight", **common))
+
+    real_run_epoch = trainer_module.run_epoch
+    calls = {"n": 0}
+
+    def killed_in_third_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_run_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "run_epoch", killed_in_third_epoch)
+    teacher_cache._POOL.clear()
+    with pytest.raises(KeyboardInterrupt):
+        mlkd.distill(**run_config(data_root, tmp_path / "killed", **common))
+    monkeypatch.setattr(trainer_module, "run_epoch", real_run_epoch)
+    # As in a new process: an empty cache, refilled by the resumed run, now with a worker process
+    # preparing the augmented views.
+    teacher_cache._POOL.clear()
+    resumed = mlkd.distill(**run_config(data_root, tmp_path / "killed", resume=True, workers=1, **common))
+    a = load_checkpoint(tmp_path / "straight" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "killed" / "last.pt")["model"]
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert resumed.metrics["mAP"] == straight.metrics["mAP"]
