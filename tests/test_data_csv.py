@@ -163,3 +163,10 @@ def test_unreadable_images_error_or_skip(tmp_path, caplog):
 def test_image_list_dataset_shape_check(tmp_path):
     with pytest.raises(ValueError, match=re.escape("targets must have shape [len(images), len(classes)] = [1, 2], got [1, 3]")):
         ImageListDataset([tmp_path / "x.png"], np.zeros((1, 3)), ["a", "b"])
+
+
+def test_skip_unreadable_refuses_to_leave_an_empty_data_set(tmp_path):
+    root = write_csv_set(tmp_path, train="image,labels\nimg/bad.png,cat\nimg/gone.png,dog\n")
+    (root / "img" / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match=r"none of the 2 images could be read, so skip_unreadable would leave an empty"):
+        create_dataset("csv", root, "train", skip_unreadable=True)

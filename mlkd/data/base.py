@@ -235,6 +235,11 @@ class ImageListDataset(Dataset):
                 if problem is not None:
                     problems[i] = problem
         self.skipped = [(images[i], problems[i]) for i in sorted(problems)]
+        if images and len(problems) == len(images):
+            raise ValueError(
+                f"none of the {len(images)} images could be read, so skip_unreadable would leave an empty data "
+                f"set: {_named([f'{p} ({why})' for p, why in self.skipped])}. Check the data set folder and its files."
+            )
         if self.skipped:
             logger.warning(
                 "skipped %d of %d unreadable images: %s",
