@@ -158,3 +158,16 @@ def test_balanced_total_is_the_formula():
     n, q = y.shape
     expected = bce_sum_loss(zs, y) + 0.7 * n * mld_loss(zs, zt) + n * q * 0.2 * (3.0 * cd + 30.0 * idl)
     torch.testing.assert_close(out.total, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_a_nan_embedding_of_a_positive_is_named_not_dropped():
+    es, et, y = _batch(seed=6)
+    zs, zt = torch.randn(12, 7, dtype=torch.float64), torch.randn(12, 7, dtype=torch.float64)
+    i, c = (y > 0).nonzero()[0].tolist()
+    for who in ("student", "teacher"):
+        bad_s, bad_t = es.clone(), et.clone()
+        (bad_s if who == "student" else bad_t)[i, c, 0] = float("nan")
+        with pytest.raises(ValueError, match=f"{who}.label_embeddings"):
+            create_distiller("l2d")(ModelOutput(zs, bad_s), ModelOutput(zt, bad_t), y)
+    terms = balanced_structure_terms(torch.full_like(es, float("nan")), et, y)
+    assert torch.isnan(terms["cd"]) and torch.isnan(terms["id"])

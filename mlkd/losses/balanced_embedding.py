@@ -46,7 +46,7 @@ def _padded_groups(emb: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     return members, valid
 
 
-def _normalised_distances(x: Tensor, valid: Tensor, pair_mask: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
+def _normalised_distances(x: Tensor, valid: Tensor, pair_mask: Tensor, m: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Pairwise distances of each group divided by their mean over all m² ordered pairs.
 
     Args:
@@ -56,8 +56,9 @@ def _normalised_distances(x: Tensor, valid: Tensor, pair_mask: Tensor, m: Tensor
         m: ``[G]`` group sizes (float).
 
     Returns:
-        ``[G, n, n]`` normalised distances (0 outside valid pairs and in degenerate groups) and the
-        ``[G]`` bool mask of groups whose mean distance is positive.
+        ``[G, n, n]`` normalised distances (0 outside valid pairs and in degenerate groups), the
+        ``[G]`` bool mask of groups whose mean distance is positive, and the ``[G]`` bool mask of
+        groups whose members are all finite (NaN/inf would otherwise vanish in the masks above).
     """
     # Distances do not change under a shift: centring each group keeps the Gram form below accurate
     # (less cancellation); they are scale-free after the division by the mean, so each group is
@@ -75,7 +76,7 @@ def _normalised_distances(x: Tensor, valid: Tensor, pair_mask: Tensor, m: Tensor
     dist = torch.where(positive, d2.clamp_min(torch.finfo(x.dtype).tiny).sqrt(), 0.0)
     mean = dist.sum(dim=(1, 2)) / (m * m)
     live = mean > 0
-    return dist / torch.where(live, mean, 1.0).view(-1, 1, 1), live
+    return dist / torch.where(live, mean, 1.0).view(-1, 1, 1), live, torch.isfinite(scale).view(-1)
 
 
 def _structure_per_group(es: Tensor, et: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -99,13 +100,15 @@ def _structure_per_group(es: Tensor, et: Tensor, mask: Tensor) -> tuple[Tensor, 
     m = counts.index_select(0, keep).to(es.dtype)
     pair_mask = (valid.unsqueeze(2) & valid.unsqueeze(1)).to(es.dtype)
     valid_f = valid.to(es.dtype)
-    s_hat, s_live = _normalised_distances(s, valid_f, pair_mask, m)
+    s_hat, s_live, s_finite = _normalised_distances(s, valid_f, pair_mask, m)
     with torch.no_grad():
-        t_hat, t_live = _normalised_distances(t.to(es.dtype), valid_f, pair_mask, m)
+        t_hat, t_live, t_finite = _normalised_distances(t.to(es.dtype), valid_f, pair_mask, m)
     huber = F.smooth_l1_loss(s_hat, t_hat, reduction="none", beta=1.0) * pair_mask
     value = huber.sum(dim=(1, 2)) / (m * m)
-    # A degenerate group (all distances 0 on either side) has no structure to match.
-    return torch.where(s_live & t_live, value, 0.0), m
+    # A degenerate group (all distances 0 on either side) has no structure to match; a group with a
+    # NaN/inf member gives NaN, so the caller's one check of the finished total catches it.
+    value = torch.where(s_live & t_live, value, 0.0)
+    return torch.where(s_finite & t_finite, value, float("nan")), m
 
 
 def balanced_structure_terms(student: Tensor, teacher: Tensor, targets: Tensor,

@@ -116,10 +116,9 @@ class _Objective(Distiller):
             check_finite(t, "teacher.logits")
         return student.logits, t
 
-    def _embeddings(self, student: ModelOutput, teacher: ModelOutput, *,
-                    check_values: bool = True) -> tuple[Tensor, Tensor]:
-        """Both outputs' label-wise embeddings; ``check_values=False`` leaves their values to the check
-        of the finished total in `forward` (no pass over ``[N, q, d]``; for terms that propagate NaN)."""
+    def _embeddings(self, student: ModelOutput, teacher: ModelOutput) -> tuple[Tensor, Tensor]:
+        """Both outputs' label-wise embeddings, shapes checked; their values are left to the check of
+        the finished total in `forward` (no pass over ``[N, q, d]``; every embedding term propagates NaN)."""
         n, q = student.logits.shape
         out = []
         for who, o in (("student", student), ("teacher", teacher)):
@@ -129,8 +128,6 @@ class _Objective(Distiller):
                                  f"[N, q, d]; use a model with a label-wise head")
             e = check_tensor(o.label_embeddings, field, 3, "[N, q, d]")
             check_leading(e, field, (n, q), "student.logits", "[N, q, d]")
-            if self.validate and check_values:
-                check_finite(e, field)
             out.append(e)
         return out[0], out[1]
 
@@ -239,7 +236,7 @@ class L2DLoss(_Objective):
 
     def distill_terms(self, student: ModelOutput, teacher: ModelOutput | None, mask: Tensor) -> dict[str, Tensor]:
         zs, zt = self._logits(student, teacher)
-        es, et = self._embeddings(student, teacher, check_values=self.form != "paper")
+        es, et = self._embeddings(student, teacher)
         mld = mld_loss(zs, zt, self.temperature, validate=False)
         if self.form == "paper":
             led = self._structure_terms(es, et, mask)
@@ -338,7 +335,7 @@ class LEDDistiller(_Objective):
         self.lambda_led, self.lambda_cd, self.lambda_id = float(lambda_led), float(lambda_cd), float(lambda_id)
 
     def distill_terms(self, student: ModelOutput, teacher: ModelOutput | None, mask: Tensor) -> dict[str, Tensor]:
-        es, et = self._embeddings(student, teacher, check_values=False)
+        es, et = self._embeddings(student, teacher)
         led = self._structure_terms(es, et, mask)
         return {"cd": self.lambda_led * self.lambda_cd * led["cd"], "id": self.lambda_led * self.lambda_id * led["id"]}
 
@@ -361,7 +358,7 @@ class CDDistiller(_Objective):
         self.lambda_cd = float(lambda_cd)
 
     def distill_terms(self, student: ModelOutput, teacher: ModelOutput | None, mask: Tensor) -> dict[str, Tensor]:
-        es, et = self._embeddings(student, teacher, check_values=False)
+        es, et = self._embeddings(student, teacher)
         return {"cd": self.lambda_cd * self._structure_terms(es, et, mask, ("cd",))["cd"]}
 
 
@@ -383,7 +380,7 @@ class IDDistiller(_Objective):
         self.lambda_id = float(lambda_id)
 
     def distill_terms(self, student: ModelOutput, teacher: ModelOutput | None, mask: Tensor) -> dict[str, Tensor]:
-        es, et = self._embeddings(student, teacher, check_values=False)
+        es, et = self._embeddings(student, teacher)
         return {"id": self.lambda_id * self._structure_terms(es, et, mask, ("id",))["id"]}
 
 
