@@ -41,8 +41,10 @@ from mlkd.engine.trainer import fit  # noqa: E402
 SUITE_DIR = ROOT / "mlkd" / "configs" / "suite"
 SECTIONS = ("common", "teacher", "student")
 TOP_KEYS = {"inherit", "teacher_of", "methods", *SECTIONS}
-# Run settings that do not change what a run computes; a reused teacher may differ in these.
-NOT_COMPARED = {"output", "resume", "quiet", "workers", "device", "tensorboard", "data_root"}
+# Run settings that do not change what a run computes; a reused teacher may differ in these. The thread
+# count changes a run only in the last bits (the order of float reductions): a finished teacher is kept
+# rather than trained again for it, and its own config.yaml still records the count it ran with.
+NOT_COMPARED = {"output", "resume", "quiet", "workers", "device", "tensorboard", "data_root", "threads"}
 # Quick mode (a smoke test of the pipeline, not a measurement): images per split and epochs.
 QUICK_IMAGES, QUICK_EPOCHS = 320, 1
 QUICK_COUNT_OPTIONS = {"fashion_mosaic": "num_mosaics", "fashion_scenes": "num_scenes"}

@@ -4,6 +4,7 @@ Run from the repository root (inside the shared CPU lock on a shared machine):
 
     .venv/bin/python benchmarks/loss_speed.py            # writes section loss_speed of docs/benchmarks.md
     .venv/bin/python benchmarks/loss_speed.py --quick    # fewer repeats, prints the table only
+    .venv/bin/python benchmarks/loss_speed.py --no-write # full repeats, prints the table only
 
 Every call gets fresh inputs, as a training step does: the inputs rotate through a pool of distinct
 tensors (so none is still in the CPU caches from the previous call) and every call allocates a fresh
@@ -128,6 +129,7 @@ def run(quick: bool) -> tuple[str, str]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats; print only, do not write docs")
+    parser.add_argument("--no-write", action="store_true", help="full repeats, but print only, do not write docs")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's own, one per core)")
     args = parser.parse_args(argv)
@@ -162,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
         "one run.",
     ])
     print(section)
-    if not args.quick:
+    if not (args.quick or args.no_write):
         write_section("loss_speed", section)
 
 

@@ -223,6 +223,19 @@ def test_a_teacher_folder_of_other_settings_is_refused(tmp_path):
         accuracy.ensure_teacher(teacher, folder)
 
 
+def test_a_finished_teacher_of_another_thread_count_is_reused(tmp_path):
+    # The thread count changes only the last bits of a run: a finished teacher is not trained again for it.
+    teacher, _ = accuracy.run_configs(accuracy.load_setting("demo"))
+    folder = tmp_path / "teacher"
+    folder.mkdir()
+    saved = {**teacher.to_dict(), "threads": None, "output": str(folder)}
+    (folder / "config.yaml").write_text(yaml.safe_dump(saved))
+    (folder / "best.pt").write_bytes(b"")
+    (folder / "metrics.json").write_text('{"mAP": 0.5}')
+    assert teacher.threads == 2
+    assert accuracy.ensure_teacher(teacher, folder) == {"mAP": 0.5}
+
+
 def test_tinted_mosaics_keep_the_grey_layout_and_label_colour_class_pairs(root):
     grey = create_dataset("fashion_mosaic", root, "train", num_mosaics=10, min_items=2)
     tinted = create_dataset("fashion_mosaic", root, "train", num_mosaics=10, min_items=2, colors=3)

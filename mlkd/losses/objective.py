@@ -13,14 +13,17 @@ logit methods are directly comparable.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from mlkd.losses._checks import check_finite, check_leading, check_targets, check_tensor, full_precision
 from mlkd.losses.base import Distiller
 from mlkd.losses.balanced_embedding import balanced_structure_terms
+from mlkd.losses.fused_l2d import _NUMPY_FLOAT, PaperL2DFunction, host_pair_plan
 from mlkd.losses.features import mse_loss, pkt_loss, rkd_angle_loss, rkd_distance_loss
 from mlkd.losses.label_embedding import _label_embedding_terms, scale_free_copy
 from mlkd.losses.logits import bce_sum_loss, kd_loss, mld_loss, ps_loss
@@ -72,10 +75,13 @@ class _Objective(Distiller):
         if self.validate and self.uses_embeddings and not bool(torch.isfinite(total)):
             total, terms = self._objective(*self._explain_nonfinite(student, teacher), mask)
             if not bool(torch.isfinite(total)):
-                raise ValueError(f"the {self.name!r} objective is not finite although every input is finite: "
-                                 f"the logits are too large (largest |student.logits| "
-                                 f"{float(logits.detach().abs().max()):.3g}); check the model and the lr")
+                self._raise_logits_too_large(logits)
         return LossOutput(total=total, terms=terms)
+
+    def _raise_logits_too_large(self, logits: Tensor) -> None:
+        raise ValueError(f"the {self.name!r} objective is not finite although every input is finite: "
+                         f"the logits are too large (largest |student.logits| "
+                         f"{float(logits.detach().abs().max()):.3g}); check the model and the lr")
 
     def _objective(self, student: ModelOutput, teacher: ModelOutput | None, mask: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """``(total, terms)``: BCE plus `distill_terms`, computed in full precision."""
@@ -225,6 +231,74 @@ class L2DLoss(_Objective):
         self.temperature = float(temperature)
         if form == "balanced":
             self.batch_mean_terms = frozenset()  # every balanced term is scaled by the batch size N
+
+    def forward(self, student: ModelOutput, teacher: ModelOutput | None, targets: Tensor) -> LossOutput:
+        """Compute the objective (see `_Objective.forward`).
+
+        The paper's form on one process runs as one autograd node (`fused_l2d`) when the inputs are
+        plain float32/float64 CPU tensors without autocast; anything else (and any input
+        that fails a shape check, so that the error is the usual one) takes the general path.
+        """
+        if self.form == "paper" and self.embedding_gather is None:
+            out = self._fused_forward(student, teacher, targets)
+            if out is not None:
+                return out
+        return super().forward(student, teacher, targets)
+
+    def _fused_forward(self, student: ModelOutput, teacher: ModelOutput | None, targets: Tensor) -> LossOutput | None:
+        """The paper's form through `fused_l2d.PaperL2DFunction`, or None where it does not apply.
+
+        Checks as on the general path: labels in {0, 1} before anything is computed; the finished
+        total (one host sync) after. A total that is not finite names the input holding NaN/inf
+        (logits first, then label-wise embeddings), or, for finite embeddings so large that squared
+        distances overflow, is computed again from exactly rescaled embeddings (`scale_free_copy`).
+        """
+        if teacher is None or not (0.0 < self.temperature < math.inf):
+            return None
+        zs, es, zt, et = student.logits, student.label_embeddings, teacher.logits, teacher.label_embeddings
+        if not all(isinstance(t, Tensor) for t in (zs, es, zt, et, targets)):
+            return None
+        dtype, dev = zs.dtype, zs.device
+        # CPU only: on a GPU the host-built pair plan costs a device-to-host copy of the labels each
+        # step, and the fused node has not been run on CUDA yet (benchmarks/gpu_check.py checks the
+        # general path there); until it has, CUDA keeps the general path.
+        if (dev.type != "cpu" or dtype not in _NUMPY_FLOAT or any(t.dtype != dtype or t.device != dev for t in (es, zt, et))
+                or targets.device != dev or zs.dim() != 2 or es.dim() != 3 or et.dim() != 3
+                or zs.numel() == 0 or es.numel() == 0 or et.numel() == 0):
+            return None
+        n, q = zs.shape
+        if (zt.shape != zs.shape or es.shape[:2] != (n, q) or et.shape[:2] != (n, q) or targets.shape != (n, q)
+                or targets.dtype in (torch.bfloat16, torch.complex64, torch.complex128)
+                or torch.is_autocast_enabled(dev.type)):
+            return None
+        labels = targets.detach().numpy()  # a view: CPU tensors only (above)
+        mask = labels if labels.dtype == np.bool_ else labels != 0
+        if self.validate and labels.dtype != np.bool_ and not np.array_equal(mask, labels):
+            check_targets(targets, n, q, "student.logits", True)  # raises, naming the bad value
+            return None
+        if labels.dtype != np.bool_ and targets.dtype == dtype and (self.validate or np.array_equal(mask, labels)):
+            y = targets.detach()
+        else:
+            y = torch.from_numpy(np.ascontiguousarray(mask)).to(device=dev, dtype=dtype)
+        ints, floats, n_pairs, n_cd = host_pair_plan(mask, self.lambda_led * self.lambda_cd,
+                                                     self.lambda_led * self.lambda_id, _NUMPY_FLOAT[dtype])
+        ints, floats = torch.from_numpy(ints).to(dev), torch.from_numpy(floats).to(dev)
+        weights = (self.bce_weight, self.lambda_mld, self.temperature)
+
+        def run(es: Tensor, et: Tensor) -> LossOutput:
+            total, bce, mld, cd, id_ = PaperL2DFunction.apply(zs, es, zt.detach(), et.detach(), y, ints, floats,
+                                                              n_pairs, n_cd, weights)
+            return LossOutput(total=total, terms={"bce": bce, "mld": mld, "cd": cd, "id": id_})
+
+        out = run(es, et)
+        if self.validate and not math.isfinite(out.total.item()):
+            check_finite(zs, "student.logits")
+            check_finite(zt, "teacher.logits")
+            scaled_student, scaled_teacher = self._explain_nonfinite(student, teacher)
+            out = run(scaled_student.label_embeddings, scaled_teacher.label_embeddings)
+            if not math.isfinite(out.total.item()):
+                self._raise_logits_too_large(zs)
+        return out
 
     def describe(self) -> str:
         """One line naming the form and the weights, as printed at the start of a run."""

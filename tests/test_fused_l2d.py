@@ -1,0 +1,205 @@
+"""`L2DLoss()` in the paper's form runs as one autograd node (mlkd/losses/fused_l2d.py, issue 11):
+values and gradients against the loop references and the general path, checks and fallbacks."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import mlkd.losses as L
+from mlkd.losses.objective import _Objective
+from mlkd.outputs import ModelOutput
+from reference_losses import cd_ref, id_ref, mld_ref
+from test_losses import make_batch
+
+DTYPES = [torch.float32, torch.float64]
+WEIGHTS = [{}, dict(lambda_mld=2.0, lambda_led=3.0, lambda_cd=5.0, lambda_id=7.0, temperature=2.0, bce_weight=0.5)]
+
+
+def node_name(value: torch.Tensor) -> str:
+    return type(value.grad_fn).__name__
+
+
+def general(loss: L.L2DLoss, student: ModelOutput, teacher: ModelOutput, y: torch.Tensor):
+    """The same objective through the general path (`_Objective.forward`, terms one by one)."""
+    return _Objective.forward(loss, student, teacher, y)
+
+
+def run_both(loss, zs, zt, es, et, y, backward=lambda out: out.total.backward()):
+    """(output, logits grad, embeddings grad) of the fused and of the general path."""
+    results = []
+    for fn in (lambda *a: loss(*a), lambda *a: general(loss, *a)):
+        a, b = zs.clone().requires_grad_(True), es.clone().requires_grad_(True)
+        out = fn(ModelOutput(a, b), ModelOutput(zt, et), y)
+        backward(out)
+        results.append((out, a.grad, b.grad))
+    return results
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_paper_form_runs_fused_and_matches_the_loop_reference(dtype, seed):
+    zs, zt, es, et, y = make_batch(dtype, seed)
+    out = L.L2DLoss()(ModelOutput(zs.clone().requires_grad_(True), es.clone().requires_grad_(True)),
+                      ModelOutput(zt, et), y)
+    assert node_name(out.total) == "PaperL2DFunctionBackward"
+    assert list(out.terms) == ["bce", "mld", "cd", "id"] and out.total.dtype == dtype
+    z64, t64, e64, f64, y64 = (x.double() for x in (zs, zt, es, et, y))
+    want = {"bce": F.binary_cross_entropy_with_logits(z64, y64, reduction="sum"), "mld": 10 * mld_ref(z64, t64),
+            "cd": 100 * cd_ref(e64, f64, y64), "id": 1000 * id_ref(e64, f64, y64)}
+    for name, value in want.items():
+        torch.testing.assert_close(out.terms[name].double(), value, rtol=1e-5, atol=1e-9, msg=name)
+    torch.testing.assert_close(out.total.double(), sum(want.values()), rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("weights", WEIGHTS)
+def test_values_and_gradients_equal_the_general_path(dtype, weights):
+    """Degenerate sets, duplicates, empty labels and images (make_batch) included."""
+    zs, zt, es, et, y = make_batch(dtype, 3)
+    (fused, gz, ge), (ref, rz, re) = run_both(L.L2DLoss(**weights), zs, zt, es, et, y)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    for name in ref.terms:
+        torch.testing.assert_close(fused.terms[name], ref.terms[name], rtol=tol, atol=tol, msg=name)
+    torch.testing.assert_close(gz, rz, rtol=tol, atol=tol)
+    torch.testing.assert_close(ge, re, rtol=tol, atol=tol)
+    assert torch.isfinite(ge).all()
+
+
+def test_gradients_match_autograd_through_the_loop_references():
+    g = torch.Generator().manual_seed(7)
+    y = (torch.rand(12, 9, generator=g) < 0.35).double()
+    y[:, 0] = 1
+    zs, zt = torch.randn(12, 9, generator=g, dtype=torch.float64), torch.randn(12, 9, generator=g, dtype=torch.float64)
+    es = torch.randn(12, 9, 5, generator=g, dtype=torch.float64)
+    et = torch.randn(12, 9, 4, generator=g, dtype=torch.float64)
+    a, b = zs.clone().requires_grad_(True), es.clone().requires_grad_(True)
+    L.L2DLoss(temperature=1.5)(ModelOutput(a, b), ModelOutput(zt, et), y).total.backward()
+    ra, rb = zs.clone().requires_grad_(True), es.clone().requires_grad_(True)
+    (F.binary_cross_entropy_with_logits(ra, y, reduction="sum") + 10 * mld_ref(ra, zt, 1.5)
+     + 100 * cd_ref(rb, et, y) + 1000 * id_ref(rb, et, y)).backward()
+    torch.testing.assert_close(a.grad, ra.grad, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(b.grad, rb.grad, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("weights", WEIGHTS)
+def test_gradcheck_float64_tiny(weights):
+    g = torch.Generator().manual_seed(5)
+    zs, zt = (torch.randn(5, 4, generator=g, dtype=torch.float64) * 2 for _ in range(2))
+    es = torch.randn(5, 4, 3, generator=g, dtype=torch.float64)  # generic point: no duplicates
+    et = torch.randn(5, 4, 2, generator=g, dtype=torch.float64)
+    y = (torch.rand(5, 4, generator=g) < 0.5).double()
+    y[1, :3] = 1
+    y[:3, 1] = 1
+    y[4] = 0
+    loss = L.L2DLoss(**weights)
+
+    def total(z, e):
+        out = loss(ModelOutput(z, e), ModelOutput(zt, et), y)
+        assert node_name(out.total) == "PaperL2DFunctionBackward"
+        return out.total
+
+    assert torch.autograd.gradcheck(total, (zs.requires_grad_(True), es.requires_grad_(True)))
+
+    def terms(z, e):  # every output of the node, each with its own output gradient
+        return tuple(loss(ModelOutput(z, e), ModelOutput(zt, et), y).terms.values())
+
+    assert torch.autograd.gradcheck(terms, (zs, es))
+
+
+def test_terms_back_propagated_with_different_scales():
+    """Data-parallel training back-propagates Σ scale_k · term_k (mlkd/engine/trainer.py)."""
+    zs, zt, es, et, y = make_batch(torch.float64, 2)
+    scales = {"bce": 2.0, "mld": 1.0, "cd": 3.0, "id": 0.5}
+
+    def backward(out):
+        sum(scales[k] * v for k, v in out.terms.items()).backward()
+
+    (_, gz, ge), (_, rz, re) = run_both(L.L2DLoss(), zs, zt, es, et, y, backward)
+    torch.testing.assert_close(gz, rz, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ge, re, rtol=1e-12, atol=1e-12)
+
+    def only_cd(out):
+        out.terms["cd"].backward()
+
+    (_, gz, ge), (_, rz, re) = run_both(L.L2DLoss(), zs, zt, es, et, y, only_cd)
+    assert gz is None and rz is None
+    torch.testing.assert_close(ge, re, rtol=1e-12, atol=1e-12)
+
+    def total_and_id(out):
+        (out.total + 2 * out.terms["id"]).backward()
+
+    (_, gz, ge), (_, rz, re) = run_both(L.L2DLoss(), zs, zt, es, et, y, total_and_id)
+    torch.testing.assert_close(gz, rz, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ge, re, rtol=1e-12, atol=1e-12)
+
+
+def test_no_pairs_gives_zero_structure_terms_and_zero_embedding_gradient():
+    zs, zt, es, et, y = make_batch(torch.float32, 0)
+    y.zero_()
+    y[0, 0] = 1  # a single positive: no set has two members
+    (fused, gz, ge), (ref, rz, re) = run_both(L.L2DLoss(), zs, zt, es, et, y)
+    assert fused.terms["cd"].item() == 0 and fused.terms["id"].item() == 0
+    torch.testing.assert_close(fused.total, ref.total)
+    torch.testing.assert_close(gz, rz)
+    assert torch.equal(ge, torch.zeros_like(es)) and torch.equal(re, torch.zeros_like(es))
+
+
+@pytest.mark.parametrize("where", ["student.logits", "teacher.logits", "student.label_embeddings",
+                                   "teacher.label_embeddings"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nan_or_inf_inputs_name_the_culprit(where, bad):
+    zs, zt, es, et, y = make_batch(torch.float32, 0)
+    tensors = {"student.logits": zs, "teacher.logits": zt, "student.label_embeddings": es,
+               "teacher.label_embeddings": et}
+    target = tensors[where]
+    if target.dim() == 3:
+        target[6, 3, 0] = bad  # label 3 is positive in every image: read by CD and ID
+    else:
+        target[4, 2] = bad
+    with pytest.raises(ValueError, match=rf"{where} contains NaN or inf"):
+        L.L2DLoss()(ModelOutput(zs, es), ModelOutput(zt, et), y)
+    out = L.L2DLoss(validate=False)(ModelOutput(zs, es), ModelOutput(zt, et), y)
+    assert not torch.isfinite(out.total)
+
+
+def test_labels_are_checked_and_any_dtype_is_accepted():
+    zs, zt, es, et, y = make_batch(torch.float32, 1)
+    with pytest.raises(ValueError, match=r"targets must contain only 0 and 1"):
+        L.L2DLoss()(ModelOutput(zs, es), ModelOutput(zt, et), y * 0.5)
+    want = L.L2DLoss()(ModelOutput(zs, es), ModelOutput(zt, et), y).total
+    for labels in (y.bool(), y.long(), y.double(), y.half()):
+        assert L.L2DLoss()(ModelOutput(zs, es), ModelOutput(zt, et), labels).total.item() == want.item()
+    # Without checks, any nonzero label counts as positive (as on the general path).
+    loose = L.L2DLoss(validate=False)
+    got = loose(ModelOutput(zs, es), ModelOutput(zt, et), y * 0.5).total
+    torch.testing.assert_close(got, general(loose, ModelOutput(zs, es), ModelOutput(zt, et), y * 0.5).total)
+
+
+def test_inputs_outside_the_fused_path_take_the_general_path():
+    zs, zt, es, et, y = make_batch(torch.float32, 0)
+    mixed = L.L2DLoss()(ModelOutput(zs, es), ModelOutput(zt, et.double()), y)
+    assert node_name(mixed.total) != "PaperL2DFunctionBackward"
+    torch.testing.assert_close(mixed.total.float(), L.L2DLoss()(ModelOutput(zs, es), ModelOutput(zt, et), y).total)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = L.L2DLoss()(ModelOutput(zs, es), ModelOutput(zt, et), y)
+    assert node_name(auto.total) != "PaperL2DFunctionBackward" and auto.total.dtype == torch.float32
+    balanced = L.L2DLoss(form="balanced")(ModelOutput(zs.requires_grad_(True), es), ModelOutput(zt, et), y)
+    assert node_name(balanced.total) != "PaperL2DFunctionBackward"
+    with pytest.raises(ValueError, match=r"teacher.label_embeddings must have shape \[N, q, d\]"):
+        L.L2DLoss()(ModelOutput(zs, es), ModelOutput(zt, et[:, :4]), y)
+
+
+def test_teacher_gets_no_gradient_and_graph_can_be_retained():
+    zs, zt, es, et, y = make_batch(torch.float64, 1)
+    student = ModelOutput(zs.requires_grad_(True), es.requires_grad_(True))
+    teacher = ModelOutput(zt.clone().requires_grad_(True), et.clone().requires_grad_(True))
+    out = L.L2DLoss()(student, teacher, y)
+    out.total.backward(retain_graph=True)
+    first = es.grad.clone()
+    out.total.backward()
+    torch.testing.assert_close(es.grad, 2 * first)
+    assert teacher.logits.grad is None and teacher.label_embeddings.grad is None
+    with torch.no_grad():
+        value = L.L2DLoss()(student, teacher, y).total
+    assert value.grad_fn is None and value.item() == out.total.item()
