@@ -185,48 +185,34 @@ class PaperL2DFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, g_total, g_bce, g_mld, g_cd, g_id):
-        def coefficient(g_term):
-            if g_total is None:
-                return g_term
-            return g_total if g_term is None else g_total + g_term
+        # CPU tensors only (`L2DLoss` keeps CUDA on the general path): the 0-dim output gradients are
+        # read as numbers, no device sync.
+        def coefficient(g_term) -> float | None:
+            given = [float(g) for g in (g_total, g_term) if g is not None]
+            return sum(given) if given else None
 
-        on_cpu = ctx.device.type == "cpu"
-
-        def scalar(g_term):
-            # Output gradients are 0-dim: on the CPU they are read as numbers (no device sync there).
-            c = coefficient(g_term)
-            return None if c is None else (float(c) if on_cpu else c)
-
-        c_bce, c_mld, c_cd, c_id = (scalar(g) for g in (g_bce, g_mld, g_cd, g_id))
+        c_bce, c_mld, c_cd, c_id = (coefficient(g) for g in (g_bce, g_mld, g_cd, g_id))
         grad_bce, grad_mld, scaled, by_row, signs = ctx.saved_tensors
         grad_z = _combine(grad_bce, c_bce, grad_mld, c_mld) if ctx.needs_input_grad[0] else None
         grad_e = _embedding_grad(ctx, scaled, by_row, signs, c_cd, c_id) if ctx.needs_input_grad[1] else None
         return grad_z, grad_e, None, None, None, None, None, None, None, None
 
 
-def _scaled(t: Tensor, c) -> Tensor:
-    if isinstance(c, float):
-        return t if c == 1.0 else t * c
-    return t * c
-
-
-def _combine(a: Tensor, ca, b: Tensor, cb) -> Tensor | None:
+def _combine(a: Tensor, ca: float | None, b: Tensor, cb: float | None) -> Tensor | None:
     """``ca·a + cb·b`` (a coefficient None counts as 0)."""
     if ca is None and cb is None:
         return None
     if cb is None:
-        return _scaled(a, ca)
+        return a if ca == 1.0 else a * ca
     if ca is None:
-        return _scaled(b, cb)
-    if isinstance(ca, float) and isinstance(cb, float):
-        if ca == cb:
-            return a + b if ca == 1.0 else (a + b).mul_(ca)
-        return torch.add(a * ca, b, alpha=cb)
-    return a * ca + b * cb
+        return b if cb == 1.0 else b * cb
+    if ca == cb:
+        return a + b if ca == 1.0 else (a + b).mul_(ca)
+    return torch.add(a * ca, b, alpha=cb)
 
 
 def _embedding_grad(ctx, scaled: Tensor | None, by_row: Tensor | None, signs: Tensor | None,
-                    c_cd, c_id) -> Tensor | None:
+                    c_cd: float | None, c_id: float | None) -> Tensor | None:
     """The ``[N, q, d]`` gradient as one ``embedding_bag`` over the scaled pair differences: row r
     gets ``Σ ±c·coef_p·diff_p`` over the pairs p with an end at r (``+`` for a first end, ``−`` for a
     second; ``c``: the output gradient of the pair's term) and 0 where it has none."""
@@ -236,10 +222,10 @@ def _embedding_grad(ctx, scaled: Tensor | None, by_row: Tensor | None, signs: Te
     if ctx.n_pairs == 0:
         return torch.zeros(ctx.shape, dtype=ctx.dtype, device=ctx.device)
     pair, offsets = by_row[:2 * ctx.n_pairs], by_row[2 * ctx.n_pairs:2 * ctx.n_pairs + n * q]
-    if c_cd is c_id or (isinstance(c_cd, float) and c_cd == c_id):
-        weights = signs if isinstance(c_cd, float) and c_cd == 1.0 else signs * c_cd
+    c_cd, c_id = c_cd or 0.0, c_id or 0.0
+    if c_cd == c_id:
+        weights = signs if c_cd == 1.0 else signs * c_cd
     else:
-        zero = 0.0 if isinstance(c_cd, float) or isinstance(c_id, float) else torch.zeros((), dtype=ctx.dtype, device=ctx.device)
-        weights = signs * torch.where(pair < ctx.n_cd, zero if c_cd is None else c_cd, zero if c_id is None else c_id)
+        weights = torch.where(pair < ctx.n_cd, signs * c_cd, signs * c_id)
     grad = F.embedding_bag(pair, scaled, offsets, mode="sum", per_sample_weights=weights)
     return grad.view(n, q, d)
