@@ -17,7 +17,7 @@ same machine load and the same memory-allocator state:
 - *L2DLoss*: `mlkd.losses.L2DLoss()` (the paper's form and weights), value checks on, as training runs it;
 - *L2DLoss, no checks*: the same with ``validate=False``;
 - *general path*: the same objective through the shared `_Objective.forward` path that CUDA, autocast
-  and the balanced form take (on the CPU the paper form runs as one fused autograd node instead);
+  and gathered embeddings take (on the CPU both L2D forms run as one fused autograd node instead);
 - *functional*: ``bce_sum_loss + 10·mld_loss + 100·cd_loss + 1000·id_loss`` added by the user;
 - *floor*: BCE_sum plus gathering the student's positive embeddings and back-propagating their sum into
   the full [N, q, d] tensor: the work no implementation of CD/ID can avoid.
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
         "(tests/reference_losses.py). *L2DLoss*: `L2DLoss()` with its value checks, which look at the "
         "finished total and read the [N, q, d] inputs only when it is not finite (on the CPU one fused "
         "autograd node). *general path*: the same objective through the shared path that CUDA, autocast "
-        "and the balanced form take. *functional*: "
+        "and gathered embeddings take. *functional*: "
         "`bce_sum_loss + 10·mld_loss + 100·cd_loss + 1000·id_loss`. *floor*: BCE_sum plus gathering the "
         "positive student embeddings and back-propagating their sum into the full [N, q, d] tensor.",
         "",

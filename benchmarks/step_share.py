@@ -11,7 +11,9 @@ at 112 px, the student tiny_cnn (embed_dim 64, 4 heads, FFN 128) at 56 px, 10 la
 - *vanilla step*: student forward, summed BCE, backward, Adam step;
 - *L2D step*: the same with an L2D objective on the teacher's outputs (computed beforehand, so the step
   excludes the teacher, as with ``--cache-teacher``), in the paper's form (`L2DLoss()`) and in the form
-  ``mlkd distill --method l2d`` runs (``create_distiller("l2d")``).
+  ``mlkd distill --method l2d`` runs (``create_distiller("l2d")``); both run as one fused autograd node
+  on the CPU, and the default form is also timed through the shared general path (``_Objective.forward``,
+  what CUDA and autocast run), side by side.
 
 The distillation terms' share is (L2D step − vanilla step) / L2D step, without and with the teacher's
 forward pass in the step.
@@ -32,6 +34,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from _report import machine_line, write_section  # noqa: E402
 
 from mlkd.losses import L2DLoss, create_distiller  # noqa: E402
+from mlkd.losses.objective import _Objective  # noqa: E402
 from mlkd.models import create_model  # noqa: E402
 
 
@@ -51,8 +54,10 @@ def main() -> None:
     small = [torch.nn.functional.interpolate(x, size=56, mode="bilinear", antialias=True) for x, _ in batches]
     with torch.no_grad():
         t_outs = [teacher(x) for x, _ in batches]
+    default = create_distiller("l2d")
     objectives = {"vanilla": create_distiller("vanilla"), "L2D, paper form": L2DLoss(),
-                  "L2D, default form": create_distiller("l2d")}
+                  "L2D, default form": default,
+                  "L2D, default form, general path": lambda *a: _Objective.forward(default, *a)}
 
     def teacher_forward(i: int) -> None:
         teacher(batches[i][0])

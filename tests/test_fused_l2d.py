@@ -1,5 +1,6 @@
-"""`L2DLoss()` in the paper's form runs as one autograd node (mlkd/losses/fused_l2d.py, issue 11):
-values and gradients against the loop references and the general path, checks and fallbacks."""
+"""`L2DLoss` runs as one autograd node on the CPU, in the paper's form and the balanced one
+(mlkd/losses/fused_l2d.py, issue 11): values and gradients against the loop references and the
+general path, checks and fallbacks."""
 from __future__ import annotations
 
 import pytest
@@ -10,10 +11,14 @@ import mlkd.losses as L
 from mlkd.losses.objective import _Objective
 from mlkd.outputs import ModelOutput
 from reference_losses import cd_ref, id_ref, mld_ref
+from test_balanced_l2d import _batch, _loop_balanced
 from test_losses import make_batch
 
 DTYPES = [torch.float32, torch.float64]
-WEIGHTS = [{}, dict(lambda_mld=2.0, lambda_led=3.0, lambda_cd=5.0, lambda_id=7.0, temperature=2.0, bce_weight=0.5)]
+_OTHER = dict(lambda_mld=2.0, lambda_led=3.0, lambda_cd=5.0, lambda_id=7.0, temperature=2.0, bce_weight=0.5)
+# Both forms, with their default weights and with others.
+WEIGHTS = [{}, _OTHER, {"form": "balanced"}, {"form": "balanced", **_OTHER}]
+FORMS = ["paper", "balanced"]
 
 
 def node_name(value: torch.Tensor) -> str:
@@ -42,7 +47,7 @@ def test_paper_form_runs_fused_and_matches_the_loop_reference(dtype, seed):
     zs, zt, es, et, y = make_batch(dtype, seed)
     out = L.L2DLoss()(ModelOutput(zs.clone().requires_grad_(True), es.clone().requires_grad_(True)),
                       ModelOutput(zt, et), y)
-    assert node_name(out.total) == "PaperL2DFunctionBackward"
+    assert node_name(out.total) == "FusedL2DFunctionBackward"
     assert list(out.terms) == ["bce", "mld", "cd", "id"] and out.total.dtype == dtype
     z64, t64, e64, f64, y64 = (x.double() for x in (zs, zt, es, et, y))
     want = {"bce": F.binary_cross_entropy_with_logits(z64, y64, reduction="sum"), "mld": 10 * mld_ref(z64, t64),
@@ -96,7 +101,7 @@ def test_gradcheck_float64_tiny(weights):
 
     def total(z, e):
         out = loss(ModelOutput(z, e), ModelOutput(zt, et), y)
-        assert node_name(out.total) == "PaperL2DFunctionBackward"
+        assert node_name(out.total) == "FusedL2DFunctionBackward"
         return out.total
 
     assert torch.autograd.gradcheck(total, (zs.requires_grad_(True), es.requires_grad_(True)))
@@ -107,7 +112,8 @@ def test_gradcheck_float64_tiny(weights):
     assert torch.autograd.gradcheck(terms, (zs, es))
 
 
-def test_terms_back_propagated_with_different_scales():
+@pytest.mark.parametrize("form", FORMS)
+def test_terms_back_propagated_with_different_scales(form):
     """Data-parallel training back-propagates Σ scale_k · term_k (mlkd/engine/trainer.py)."""
     zs, zt, es, et, y = make_batch(torch.float64, 2)
     scales = {"bce": 2.0, "mld": 1.0, "cd": 3.0, "id": 0.5}
@@ -115,40 +121,44 @@ def test_terms_back_propagated_with_different_scales():
     def backward(out):
         sum(scales[k] * v for k, v in out.terms.items()).backward()
 
-    (_, gz, ge), (_, rz, re) = run_both(L.L2DLoss(), zs, zt, es, et, y, backward)
+    (_, gz, ge), (_, rz, re) = run_both(L.L2DLoss(form=form), zs, zt, es, et, y, backward)
     torch.testing.assert_close(gz, rz, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(ge, re, rtol=1e-12, atol=1e-12)
 
     def only_cd(out):
         out.terms["cd"].backward()
 
-    (_, gz, ge), (_, rz, re) = run_both(L.L2DLoss(), zs, zt, es, et, y, only_cd)
+    (_, gz, ge), (_, rz, re) = run_both(L.L2DLoss(form=form), zs, zt, es, et, y, only_cd)
     assert gz is None and rz is None
     torch.testing.assert_close(ge, re, rtol=1e-12, atol=1e-12)
 
     def total_and_id(out):
         (out.total + 2 * out.terms["id"]).backward()
 
-    (_, gz, ge), (_, rz, re) = run_both(L.L2DLoss(), zs, zt, es, et, y, total_and_id)
+    (_, gz, ge), (_, rz, re) = run_both(L.L2DLoss(form=form), zs, zt, es, et, y, total_and_id)
     torch.testing.assert_close(gz, rz, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(ge, re, rtol=1e-12, atol=1e-12)
 
 
-def test_no_pairs_gives_zero_structure_terms_and_zero_embedding_gradient():
+@pytest.mark.parametrize("form", FORMS)
+def test_no_pairs_gives_zero_structure_terms_and_zero_embedding_gradient(form):
     zs, zt, es, et, y = make_batch(torch.float32, 0)
     y.zero_()
     y[0, 0] = 1  # a single positive: no set has two members
-    (fused, gz, ge), (ref, rz, re) = run_both(L.L2DLoss(), zs, zt, es, et, y)
+    (fused, gz, ge), (ref, rz, re) = run_both(L.L2DLoss(form=form), zs, zt, es, et, y)
     assert fused.terms["cd"].item() == 0 and fused.terms["id"].item() == 0
     torch.testing.assert_close(fused.total, ref.total)
     torch.testing.assert_close(gz, rz)
-    assert torch.equal(ge, torch.zeros_like(es)) and torch.equal(re, torch.zeros_like(es))
+    assert torch.equal(ge, torch.zeros_like(es))
+    # The general balanced path leaves embeddings that reach no term without a gradient.
+    assert (re is None and form == "balanced") or torch.equal(re, torch.zeros_like(es))
 
 
 @pytest.mark.parametrize("where", ["student.logits", "teacher.logits", "student.label_embeddings",
                                    "teacher.label_embeddings"])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_nan_or_inf_inputs_name_the_culprit(where, bad):
+@pytest.mark.parametrize("form", FORMS)
+def test_nan_or_inf_inputs_name_the_culprit(where, bad, form):
     zs, zt, es, et, y = make_batch(torch.float32, 0)
     tensors = {"student.logits": zs, "teacher.logits": zt, "student.label_embeddings": es,
                "teacher.label_embeddings": et}
@@ -158,8 +168,8 @@ def test_nan_or_inf_inputs_name_the_culprit(where, bad):
     else:
         target[4, 2] = bad
     with pytest.raises(ValueError, match=rf"{where} contains NaN or inf"):
-        L.L2DLoss()(ModelOutput(zs, es), ModelOutput(zt, et), y)
-    out = L.L2DLoss(validate=False)(ModelOutput(zs, es), ModelOutput(zt, et), y)
+        L.L2DLoss(form=form)(ModelOutput(zs, es), ModelOutput(zt, et), y)
+    out = L.L2DLoss(form=form, validate=False)(ModelOutput(zs, es), ModelOutput(zt, et), y)
     assert not torch.isfinite(out.total)
 
 
@@ -179,13 +189,14 @@ def test_labels_are_checked_and_any_dtype_is_accepted():
 def test_inputs_outside_the_fused_path_take_the_general_path():
     zs, zt, es, et, y = make_batch(torch.float32, 0)
     mixed = L.L2DLoss()(ModelOutput(zs, es), ModelOutput(zt, et.double()), y)
-    assert node_name(mixed.total) != "PaperL2DFunctionBackward"
+    assert node_name(mixed.total) != "FusedL2DFunctionBackward"
     torch.testing.assert_close(mixed.total.float(), L.L2DLoss()(ModelOutput(zs, es), ModelOutput(zt, et), y).total)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         auto = L.L2DLoss()(ModelOutput(zs, es), ModelOutput(zt, et), y)
-    assert node_name(auto.total) != "PaperL2DFunctionBackward" and auto.total.dtype == torch.float32
-    balanced = L.L2DLoss(form="balanced")(ModelOutput(zs.requires_grad_(True), es), ModelOutput(zt, et), y)
-    assert node_name(balanced.total) != "PaperL2DFunctionBackward"
+    assert node_name(auto.total) != "FusedL2DFunctionBackward" and auto.total.dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = L.L2DLoss(form="balanced")(ModelOutput(zs, es), ModelOutput(zt, et), y)
+    assert node_name(auto.total) != "FusedL2DFunctionBackward" and auto.total.dtype == torch.float32
     with pytest.raises(ValueError, match=r"teacher.label_embeddings must have shape \[N, q, d\]"):
         L.L2DLoss()(ModelOutput(zs, es), ModelOutput(zt, et[:, :4]), y)
 
@@ -203,3 +214,41 @@ def test_teacher_gets_no_gradient_and_graph_can_be_retained():
     with torch.no_grad():
         value = L.L2DLoss()(student, teacher, y).total
     assert value.grad_fn is None and value.item() == out.total.item()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_balanced_form_runs_fused_and_matches_the_loop_reference(dtype):
+    """The default `--method l2d` objective: value and gradients against the balanced form written
+    with loops (tests/test_balanced_l2d.py), through the fused node."""
+    es, et, y = (t.to(dtype) for t in _batch(seed=8))
+    g = torch.Generator().manual_seed(8)
+    zs, zt = (torch.randn(12, 7, generator=g, dtype=dtype) for _ in range(2))
+    loss = L.L2DLoss(form="balanced", lambda_mld=0.7, lambda_led=0.2, lambda_cd=3.0, lambda_id=30.0)
+    a, b = zs.clone().requires_grad_(True), es.clone().requires_grad_(True)
+    out = loss(ModelOutput(a, b), ModelOutput(zt, et), y)
+    assert node_name(out.total) == "FusedL2DFunctionBackward"
+    out.total.backward()
+    ra, rb = zs.double().requires_grad_(True), es.double().requires_grad_(True)
+    cd, idl = _loop_balanced(rb, et.double(), y.double())
+    n, q = y.shape
+    want = (F.binary_cross_entropy_with_logits(ra, y.double(), reduction="sum") + 0.7 * n * mld_ref(ra, zt.double())
+            + n * q * 0.2 * (3.0 * cd + 30.0 * idl))
+    want.backward()
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(out.total.double(), want, rtol=tol, atol=tol)
+    torch.testing.assert_close(a.grad.double(), ra.grad, rtol=tol, atol=tol)
+    torch.testing.assert_close(b.grad.double(), rb.grad, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_huge_and_tiny_finite_embeddings_give_the_unscaled_value(form):
+    """Squared differences of 1e20 overflow float32: the total is computed again from exactly
+    rescaled embeddings (CD and ID are scale-free), and 1e-20 must not underflow to 0."""
+    zs, zt, es, et, y = make_batch(torch.float64, 4)
+    loss = L.L2DLoss(form=form)
+    base = loss(ModelOutput(zs, es), ModelOutput(zt, et), y)
+    for s in (1e20, 1e-20):
+        out = loss(ModelOutput(zs.float(), (es * s).float()), ModelOutput(zt.float(), (et * s).float()), y.float())
+        for name in ("cd", "id"):
+            assert torch.isfinite(out.terms[name])
+            torch.testing.assert_close(out.terms[name].double(), base.terms[name], rtol=1e-4, atol=1e-6)

@@ -1,8 +1,10 @@
-"""The paper-form L2D objective as one autograd node (issue 11): fewer small operations per step.
+"""The L2D objective as one autograd node (issue 11): fewer small operations per step.
 
 ``L = bce_weight·BCE_sum + λ_MLD·MLD + λ_LED·λ_CD·CD + λ_LED·λ_ID·ID`` (method.md §3.5), the value of
-`mlkd.losses.L2DLoss` in the paper's form, computed in one `torch.autograd.Function` whose forward
-pass also prepares the whole backward pass, so that a training step runs a few dozen tensor operations
+`mlkd.losses.L2DLoss` in the paper's form, and the balanced form's value (`balanced_embedding`: the
+same pairs, other weights and mean normalisers; see `host_pair_plan`), computed in one
+`torch.autograd.Function` whose forward pass also prepares the whole backward pass, so that a
+training step runs a few dozen tensor operations
 instead of about eighty (at MS-COCO-like sizes the terms cost about as much in per-operation overhead
 as in data):
 
@@ -46,23 +48,31 @@ _NUMPY_FLOAT = {torch.float32: np.float32, torch.float64: np.float64}
 
 
 def host_pair_plan(mask: np.ndarray, weight_cd: float, weight_id: float,
-                   dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, int, int]:
+                   dtype: np.dtype, balanced: bool = False) -> tuple[np.ndarray, np.ndarray, int, int]:
     """Every index CD and ID need, from the ``[N, q]`` bool label mask on the host.
 
     Sets: CD's q labels (members: the images where the label is positive, in image order), then ID's
     N images (members: their positive labels, in label order). Members are embedding rows
     ``i·q + c`` of the flat ``[N·q, d]`` tensors.
 
+    Both forms weight each unordered pair of a set of m members by ``2/m`` times the term's weight and
+    divide a set's distances by their mean over ``K`` pairs. The paper's H averages over the
+    ``K = m(m−1)/2`` unordered pairs; the balanced Ĥ (`balanced_embedding`) is a V-statistic over all
+    m² ordered pairs, whose zero diagonal adds nothing to the sums, so ``K = m²/2``; its per-positive
+    average (weight ``m/n₊`` on ``Ĥ = (2/m²)·Σ_pairs``, n₊ the batch's positives) is the same ``2/m``
+    per pair with the term's weight divided by n₊, which the caller folds into ``weight_cd``/``weight_id``.
+
     Args:
         mask: ``[N, q]`` bool.
-        weight_cd: weight of L_CD in the objective (``λ_LED·λ_CD``).
-        weight_id: weight of L_ID (``λ_LED·λ_ID``).
+        weight_cd: weight of L_CD in the objective (``λ_LED·λ_CD``; balanced: ``λ_LED·λ_CD·N·q/n₊``).
+        weight_id: weight of L_ID (``λ_LED·λ_ID``; balanced: ``λ_LED·λ_ID·N·q/n₊``).
         dtype: the floating dtype of the weights.
+        balanced: normalise by the balanced form's ``K = m²/2`` instead of the paper's ``m(m−1)/2``.
 
     Returns:
         ``ints`` = ``[ends (2·P), pair of each end in row order (2·P), offsets of each row's ends
         (N·q), set of each pair (P)]`` (``ends``: the rows of both ends of pair k at 2k and 2k + 1),
-        ``floats`` = ``[pair weight (P), pairs per set (G), 1 / pairs per set (G, 0 without pairs),
+        ``floats`` = ``[pair weight (P), K per set (G), 1 / K per set (G, 0 without pairs),
         sign of each end in row order (2·P)]`` with ``G = q + N``, the number of pairs P and of CD
         pairs.
     """
@@ -90,19 +100,21 @@ def host_pair_plan(mask: np.ndarray, weight_cd: float, weight_id: float,
     row_offsets = np.searchsorted(ends[by_row], np.arange(n * q))
     pair_set = group[first]
     n_cd = int((label_sizes * (label_sizes - 1)).sum()) // 2
-    pairs_per_set = (sizes * (sizes - 1) // 2).astype(np.float64)
+    mean_count = (sizes * (sizes - 1) // 2).astype(np.float64)
+    if balanced:  # the mean distance over m² ordered pairs; sets without pairs keep K = 0 (unused)
+        mean_count = np.where(sizes >= 2, sizes.astype(np.float64) ** 2 / 2.0, 0.0)
     per_set_weight = 2.0 / np.maximum(sizes, 1)
     per_set_weight[:q] *= weight_cd
     per_set_weight[q:] *= weight_id
-    floats = np.concatenate([per_set_weight[pair_set], pairs_per_set,
-                             np.divide(1.0, pairs_per_set, out=np.zeros_like(pairs_per_set),
-                                       where=pairs_per_set > 0),
+    floats = np.concatenate([per_set_weight[pair_set], mean_count,
+                             np.divide(1.0, mean_count, out=np.zeros_like(mean_count),
+                                       where=mean_count > 0),
                              1.0 - 2.0 * (by_row & 1)]).astype(dtype)
     return np.concatenate([ends, by_row >> 1, row_offsets, pair_set]), floats, n_pairs, n_cd
 
 
-class PaperL2DFunction(torch.autograd.Function):
-    """``(total, bce, mld, cd, id)`` of the paper-form L2D objective, weighted; see the module docstring.
+class FusedL2DFunction(torch.autograd.Function):
+    """``(total, bce, mld, cd, id)`` of the L2D objective, weighted; see the module docstring.
 
     Inputs: student logits ``zs`` and embeddings ``es`` (differentiable), teacher logits and
     embeddings (constants), ``y`` the float labels, the device copies of `host_pair_plan`'s arrays,
@@ -140,7 +152,7 @@ class PaperL2DFunction(torch.autograd.Function):
         n_rows = n * q
         if n_pairs > 0:
             ends, pair_set = ints[:2 * n_pairs], ints[4 * n_pairs + n_rows:]
-            pair_weight, pairs_per_set = floats[:n_pairs], floats[n_pairs:n_pairs + g_sets]
+            pair_weight, mean_count = floats[:n_pairs], floats[n_pairs:n_pairs + g_sets]
             bags = _difference_bags(ends, dtype)
             diff = F.embedding_bag(ends, es.reshape(n_rows, -1), bags[1], mode="sum", per_sample_weights=bags[2])
             diff_t = F.embedding_bag(ends, et.reshape(n_rows, -1), bags[1], mode="sum", per_sample_weights=bags[2])
@@ -148,7 +160,7 @@ class PaperL2DFunction(torch.autograd.Function):
             sums = torch.zeros(g_sets, 2, dtype=dtype, device=dev).index_add_(0, pair_set, dist)
             # 1 / mean distance of each set and side; 0 on both sides of a set where either side's
             # distances are all 0 (no structure to match: it adds 0 and gets gradient 0). NaN stays.
-            inv_mean = torch.where((sums != 0).all(dim=1, keepdim=True), pairs_per_set.unsqueeze(1) / sums, 0.0)
+            inv_mean = torch.where((sums != 0).all(dim=1, keepdim=True), mean_count.unsqueeze(1) / sums, 0.0)
             inv_pair = inv_mean.index_select(0, pair_set)
             hat = dist * inv_pair  # [pairs, (student, teacher)]
             huber = F.smooth_l1_loss(hat[:, 0], hat[:, 1], reduction="none", beta=1.0)
@@ -166,12 +178,13 @@ class PaperL2DFunction(torch.autograd.Function):
             grad_bce = (s_s - y).mul_(bce_weight) if bce_weight != 1.0 else s_s - y
             grad_mld = (sig[0] - p_t).mul_(lambda_mld * tau / n)
         if need_e and n_pairs > 0:
-            # ∂L/∂ŝ_p = w_p·clamp(ŝ_p − t̂_p, −1, 1); ∂L/∂d_p = (that − Σ_set that·ŝ / pairs) / μ.
+            # ∂L/∂ŝ_p = w_p·clamp(ŝ_p − t̂_p, −1, 1); ∂L/∂d_p = (that − Σ_set that·ŝ / K) / μ, with μ the
+            # set's mean distance over K pairs (ŝ_p = d_p/μ, ∂μ/∂d_p = 1/K).
             s_hat = hat[:, 0]
             g_hat = (s_hat - hat[:, 1]).clamp_(-1.0, 1.0).mul_(pair_weight)
-            inv_pairs = floats[n_pairs + g_sets:n_pairs + 2 * g_sets]
+            inv_count = floats[n_pairs + g_sets:n_pairs + 2 * g_sets]
             centre = torch.zeros(g_sets, dtype=dtype, device=dev).index_add_(0, pair_set, g_hat * s_hat)
-            centre.mul_(inv_pairs)
+            centre.mul_(inv_count)
             scale = inv_pair[:, 0] / dist[:, 0]
             scale.masked_fill_(dist[:, 0] == 0, 0.0)  # a zero distance gets gradient 0 (its difference is 0)
             coef = g_hat.sub_(centre.index_select(0, pair_set)).mul_(scale)

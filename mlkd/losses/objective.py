@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from mlkd.losses._checks import check_finite, check_leading, check_targets, check_tensor, full_precision
 from mlkd.losses.base import Distiller
 from mlkd.losses.balanced_embedding import balanced_structure_terms
-from mlkd.losses.fused_l2d import _NUMPY_FLOAT, PaperL2DFunction, host_pair_plan
+from mlkd.losses.fused_l2d import _NUMPY_FLOAT, FusedL2DFunction, host_pair_plan
 from mlkd.losses.features import mse_loss, pkt_loss, rkd_angle_loss, rkd_distance_loss
 from mlkd.losses.label_embedding import _label_embedding_terms, scale_free_copy
 from mlkd.losses.logits import bce_sum_loss, kd_loss, mld_loss, ps_loss
@@ -235,18 +235,19 @@ class L2DLoss(_Objective):
     def forward(self, student: ModelOutput, teacher: ModelOutput | None, targets: Tensor) -> LossOutput:
         """Compute the objective (see `_Objective.forward`).
 
-        The paper's form on one process runs as one autograd node (`fused_l2d`) when the inputs are
-        plain float32/float64 CPU tensors without autocast; anything else (and any input
-        that fails a shape check, so that the error is the usual one) takes the general path.
+        Both forms run as one autograd node (`fused_l2d`) when the inputs are plain float32/float64
+        CPU tensors without autocast and the embeddings are not gathered across processes; anything
+        else (and any input that fails a shape check, so that the error is the usual one) takes the
+        general path.
         """
-        if self.form == "paper" and self.embedding_gather is None:
+        if self.embedding_gather is None:
             out = self._fused_forward(student, teacher, targets)
             if out is not None:
                 return out
         return super().forward(student, teacher, targets)
 
     def _fused_forward(self, student: ModelOutput, teacher: ModelOutput | None, targets: Tensor) -> LossOutput | None:
-        """The paper's form through `fused_l2d.PaperL2DFunction`, or None where it does not apply.
+        """The objective through `fused_l2d.FusedL2DFunction`, or None where it does not apply.
 
         Checks as on the general path: labels in {0, 1} before anything is computed; the finished
         total (one host sync) after. A total that is not finite names the input holding NaN/inf
@@ -280,13 +281,20 @@ class L2DLoss(_Objective):
             y = targets.detach()
         else:
             y = torch.from_numpy(np.ascontiguousarray(mask)).to(device=dev, dtype=dtype)
-        ints, floats, n_pairs, n_cd = host_pair_plan(mask, self.lambda_led * self.lambda_cd,
-                                                     self.lambda_led * self.lambda_id, _NUMPY_FLOAT[dtype])
+        weight_cd, weight_id = self.lambda_led * self.lambda_cd, self.lambda_led * self.lambda_id
+        lambda_mld = self.lambda_mld
+        balanced = self.form == "balanced"
+        if balanced:
+            # N·q·λ·(per-positive average) and N·λ_MLD·MLD (`distill_terms`): N·q/n₊ (n₊ positives)
+            # and N folded into the weights that the node applies to the paper-form sums.
+            units = n * q / max(int(np.count_nonzero(mask)), 1)
+            weight_cd, weight_id, lambda_mld = weight_cd * units, weight_id * units, lambda_mld * n
+        ints, floats, n_pairs, n_cd = host_pair_plan(mask, weight_cd, weight_id, _NUMPY_FLOAT[dtype], balanced)
         ints, floats = torch.from_numpy(ints).to(dev), torch.from_numpy(floats).to(dev)
-        weights = (self.bce_weight, self.lambda_mld, self.temperature)
+        weights = (self.bce_weight, lambda_mld, self.temperature)
 
         def run(es: Tensor, et: Tensor) -> LossOutput:
-            total, bce, mld, cd, id_ = PaperL2DFunction.apply(zs, es, zt.detach(), et.detach(), y, ints, floats,
+            total, bce, mld, cd, id_ = FusedL2DFunction.apply(zs, es, zt.detach(), et.detach(), y, ints, floats,
                                                               n_pairs, n_cd, weights)
             return LossOutput(total=total, terms={"bce": bce, "mld": mld, "cd": cd, "id": id_})
 
