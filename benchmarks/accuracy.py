@@ -152,7 +152,9 @@ def ensure_teacher(cfg: RunConfig, folder: Path) -> dict[str, Any]:
         new = make_config(cfg, output=str(folder)).to_dict()
         # A key the saved file lacks (a field added to RunConfig since) counts as its default.
         defaults = RunConfig().to_dict()
-        differ = sorted(k for k in new if k not in NOT_COMPARED and old.get(k, defaults[k]) != new[k])
+        # An unset lr is resolved by fit from the schedule (`default_lr`): the saved rate stands for it.
+        differ = sorted(k for k in new if k not in NOT_COMPARED and old.get(k, defaults[k]) != new[k]
+                        and not (k == "lr" and new[k] is None))
         if differ:
             raise ValueError(f"{folder} holds a teacher trained with other settings ({', '.join(differ)}); "
                              "delete that folder to train it again, or pass another --output")

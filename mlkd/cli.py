@@ -65,10 +65,10 @@ def _default(name: str, none: str = "none") -> str:
 def _default_lr() -> str:
     if RunConfig().lr is not None:
         return _default("lr")
-    from mlkd.config import default_lr
+    from mlkd.config import LR_FROM_SCRATCH, LR_PRETRAINED, SHORT_SCHEDULE_STEPS
 
-    scratch, pretrained = default_lr(RunConfig()), default_lr(RunConfig(pretrained=True))
-    return f"(default: by initialisation: {scratch:g} from scratch, {pretrained:g} with pretrained weights)"
+    return (f"(default: by initialisation and schedule: {LR_FROM_SCRATCH:g} from scratch; {LR_PRETRAINED:g} with "
+            f"pretrained weights, {LR_FROM_SCRATCH:g} for fewer than {SHORT_SCHEDULE_STEPS} optimizer steps)")
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:

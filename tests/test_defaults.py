@@ -1,19 +1,53 @@
-"""Defaults that follow the run: the learning rate by initialisation, the head width by backbone."""
+"""Defaults that follow the run: the learning rate by initialisation and schedule, the head width by backbone."""
 from __future__ import annotations
 
-import pytest
+import logging
 
-from mlkd.config import LR_FROM_SCRATCH, LR_PRETRAINED, load_yaml, make_config
+import pytest
+import torch
+
+from mlkd import config
+from mlkd.config import LR_FROM_SCRATCH, LR_PRETRAINED, SHORT_SCHEDULE_STEPS, default_lr, load_yaml, make_config
+from mlkd.engine.trainer import fit
 from mlkd.models import create_model
 from mlkd.models.factory import default_head_dims, head_parameter_count
+from synthetic import write_fashion_like
 
 
-def test_lr_follows_the_initialisation_when_not_given():
-    assert make_config(model="tiny_cnn").lr == LR_FROM_SCRATCH
-    assert make_config(model="resnet18", pretrained=True).lr == LR_PRETRAINED
-    assert make_config(model="tf_efficientnet_lite0", weights="efficientnet-lite0").lr == LR_PRETRAINED
+def test_lr_follows_the_initialisation_and_the_schedule_when_not_given():
+    long, short = SHORT_SCHEDULE_STEPS, SHORT_SCHEDULE_STEPS - 1
+    assert make_config(model="tiny_cnn").lr is None  # resolved by fit, once the data set is read
+    assert default_lr(make_config(model="tiny_cnn"), long) == LR_FROM_SCRATCH
+    assert default_lr(make_config(model="tiny_cnn"), short) == LR_FROM_SCRATCH
+    for pretrained in (make_config(model="resnet18", pretrained=True),
+                       make_config(model="tf_efficientnet_lite0", weights="efficientnet-lite0")):
+        assert default_lr(pretrained, long) == LR_PRETRAINED
+        assert default_lr(pretrained, short) == LR_FROM_SCRATCH  # a short fine-tune needs the higher rate
     assert make_config(model="tiny_cnn", lr=0.02).lr == 0.02  # an explicit value always wins
     assert LR_FROM_SCRATCH > LR_PRETRAINED
+
+
+def test_fit_resolves_the_default_lr_from_the_schedule_and_records_it(tmp_path, monkeypatch, caplog):
+    """A run without lr uses `default_lr` of its real step count, writes that rate into config.yaml
+    and resumes without calling it a changed setting."""
+    root = write_fashion_like(tmp_path / "data", n_train=160, n_test=60)
+    head = {"embed_dim": 16, "num_heads": 2, "ffn_dim": 16}
+    weights = tmp_path / "w.pt"  # a "pretrained" tiny_cnn: a saved model of the same shape
+    torch.save(create_model("tiny_cnn", 10, **head).state_dict(), weights)
+    base = dict(dataset="fashion_mosaic", data_root=str(root), dataset_options={"num_mosaics": 96}, img_size=32,
+                batch_size=16, model="tiny_cnn", model_options=head, augment=False, device="cpu", quiet=True,
+                tensorboard=False, threads=1, weights=str(weights))
+    # 96 mosaics, 10 % for validation: 86 training images, 5 batches of 16 per epoch.
+    with caplog.at_level(logging.INFO, logger="mlkd"):
+        short = fit(make_config(**base, epochs=2, output=str(tmp_path / "short")))
+    assert short.config.lr == LR_FROM_SCRATCH  # 10 steps: a short fine-tune
+    assert load_yaml(tmp_path / "short" / "config.yaml")["lr"] == LR_FROM_SCRATCH
+    assert "lr not given: 0.003" in caplog.text and "10 optimizer steps" in caplog.text
+    monkeypatch.setattr(config, "SHORT_SCHEDULE_STEPS", 10)
+    long = fit(make_config(**base, epochs=1, schedule_epochs=2, output=str(tmp_path / "long")))
+    assert long.config.lr == LR_PRETRAINED  # the schedule's 10 steps count, not the 5 run
+    resumed = fit(make_config(**base, epochs=1, schedule_epochs=2, resume=True, output=str(tmp_path / "long")))
+    assert resumed.config.lr == LR_PRETRAINED
 
 
 @pytest.mark.parametrize("preset", ["coco2014", "voc2007", "nuswide"])

@@ -36,12 +36,15 @@ DECODE_SAMPLE = 200
 _NAMES_SHOWN = 10
 
 
-def check_run(cfg: RunConfig, world_size: int = 1) -> None:
+def check_run(cfg: RunConfig, world_size: int = 1) -> int:
     """Check a run's distiller options and data before anything is written.
 
     Args:
         cfg: the validated run configuration.
         world_size: processes the training set is shared between (torchrun), for the batch count.
+
+    Returns:
+        The number of optimizer steps of the learning-rate schedule (what the default lr depends on).
 
     Raises:
         ValueError: an unknown distiller, weight (``--lambda``) or option (``--method-option``); an empty
@@ -73,7 +76,7 @@ def check_run(cfg: RunConfig, world_size: int = 1) -> None:
     for name, data in splits:
         check_positives(name, data, classes, required=data is not train_set)
     check_images(splits)
-    check_schedule(cfg, len(train_set), world_size)
+    return check_schedule(cfg, len(train_set), world_size)
 
 
 def check_distiller_options(method: str, lambdas: dict[str, float], options: dict[str, Any]) -> nn.Module:
@@ -176,8 +179,9 @@ def check_images(splits: list[tuple[str, Dataset]]) -> None:
                              f"or {SKIP_HINT} to leave unreadable images out")
 
 
-def check_schedule(cfg: RunConfig, n_train: int, world_size: int = 1) -> None:
-    """Refuse a training set too small for one batch, and a OneCycle schedule torch cannot build.
+def check_schedule(cfg: RunConfig, n_train: int, world_size: int = 1) -> int:
+    """Refuse a training set too small for one batch, and a OneCycle schedule torch cannot build; return
+    the schedule's number of optimizer steps.
 
     torch's OneCycleLR divides by the length of its warm-up phase, ``warmup * total_steps - 1``; when that
     is exactly 0 (e.g. 5 steps with warm-up 0.2) it raises ZeroDivisionError at the first step.
@@ -194,3 +198,4 @@ def check_schedule(cfg: RunConfig, n_train: int, world_size: int = 1) -> None:
             f"batches of {cfg.batch_size}) and warm-up {cfg.warmup:g}, i.e. a warm-up of exactly one step, which "
             "torch's OneCycleLR cannot build; change --epochs or --batch-size, or set warmup (e.g. warmup: 0.25)"
         )
+    return total

@@ -20,7 +20,7 @@ import yaml
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from mlkd.config import RunConfig, load_yaml, resume_comparable
+from mlkd.config import RunConfig, default_lr, describe_default_lr, load_yaml, resume_comparable
 from mlkd.data import build_loader, build_transforms, create_dataset
 from mlkd.data.views import AugmentedViews
 from mlkd.engine import distributed as ddp
@@ -49,12 +49,14 @@ RESUME_MAY_CHANGE = {"resume", "output", "quiet", "workers", "device", "tensorbo
 
 @dataclass
 class RunResult:
-    """What `fit` returns: the output folder, the final test metrics and the per-epoch history."""
+    """What `fit` returns: the output folder, the final test metrics, the per-epoch history and the
+    configuration the run used (the default lr resolved)."""
 
     output: Path
     metrics: dict[str, Any]
     best_epoch: int
     history: list[dict[str, Any]] = field(default_factory=list)
+    config: RunConfig | None = None
 
 
 class TrainStep(nn.Module):
@@ -101,7 +103,11 @@ def fit(cfg: RunConfig) -> RunResult:
 
 
 def _fit(cfg: RunConfig, info: ddp.DistInfo, device: torch.device) -> RunResult:
-    check_run(cfg, info.world_size)  # options and data, before anything is written (engine/preflight.py)
+    steps = check_run(cfg, info.world_size)  # options and data, before anything is written (engine/preflight.py)
+    if cfg.lr is None:
+        # The default rate depends on the schedule's length, known only once the data set is read.
+        cfg = dataclasses.replace(cfg, lr=default_lr(cfg, steps))
+        log.info("lr not given: %g, %s", cfg.lr, describe_default_lr(cfg, steps))
     out_dir = Path(cfg.output)
     folder, resume_state = _prepare_output(cfg, out_dir, info)
     try:
@@ -271,7 +277,7 @@ def _run(cfg: RunConfig, info: ddp.DistInfo, device: torch.device, out_dir: Path
         save_scores(out_dir / "test_scores.npz", test_scores, test_targets)
         plot_learning_curves(history, out_dir / "learning_curve.png", f"{cfg.model} on {cfg.dataset}", cfg.method)
         logger.close()
-    return RunResult(out_dir, metrics, best_epoch, history)
+    return RunResult(out_dir, metrics, best_epoch, history, cfg)
 
 
 def run_epoch(train_step: nn.Module, loader: DataLoader, optimizer, scheduler, scaler, teacher, teacher_input,
