@@ -1,6 +1,7 @@
 """Writes one benchmark's section of docs/benchmarks.md without touching the others."""
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
@@ -26,6 +27,13 @@ def machine_line() -> str:
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (f"Machine: {cpu}, {os.cpu_count()} cores, {dev}; torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads, Python {platform.python_version()}.")
+
+
+def write_results(output: Path, stem: str, data, markdown: str) -> None:
+    """Write a benchmark's results as ``OUTPUT/STEM.json`` and its table as ``OUTPUT/STEM.md``."""
+    output.mkdir(parents=True, exist_ok=True)
+    (output / f"{stem}.json").write_text(json.dumps(data, indent=2))
+    (output / f"{stem}.md").write_text(markdown)
 
 
 def write_section(name: str, markdown: str, doc: Path = DOC) -> None:

@@ -12,19 +12,28 @@ are reused (``OUTPUT/SETTING/lr*/``); results go to ``OUTPUT/lr_check.json`` and
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import accuracy  # noqa: E402
-from mlkd.config import make_config  # noqa: E402
-from mlkd.engine.trainer import fit  # noqa: E402
+from _report import write_results  # noqa: E402
+
+from mlkd.config import RunConfig, make_config  # noqa: E402
+from mlkd.engine.trainer import RunResult, fit  # noqa: E402
 
 LIMIT_POINTS = 1.0  # the issue's tolerance, in mAP points
+
+
+def vanilla_run(base: RunConfig, folder: Path, seed: int, **overrides: Any) -> RunResult:
+    """Train ``base`` as a vanilla student (no teacher) into ``folder``; a finished run is reused."""
+    cfg = make_config(base, method="vanilla", teacher=None, seed=seed, output=str(folder), quiet=True,
+                      resume=(folder / "last.pt").exists(), **overrides)
+    return fit(cfg)
 
 
 def check_setting(name: str, rates: list[float], seed: int, output: Path) -> dict:
@@ -36,9 +45,8 @@ def check_setting(name: str, rates: list[float], seed: int, output: Path) -> dic
     runs = {}
     for lr in [None, *rates]:
         folder = output / name / f"lr{'default' if lr is None else f'{lr:g}'}"
-        cfg = make_config(unset, method="vanilla", teacher=None, seed=seed, output=str(folder),
-                          quiet=True, resume=(folder / "last.pt").exists(), **({} if lr is None else {"lr": lr}))
-        result = fit(cfg)  # the run's config holds the rate it used (fit resolves the default)
+        result = vanilla_run(unset, folder, seed, **({} if lr is None else {"lr": lr}))
+        # The run's config holds the rate it used (fit resolves the default).
         runs["default" if lr is None else f"{lr:g}"] = {"lr": result.config.lr, "val_mAP": result.metrics["best_val_mAP"]}
     best = max(runs[f"{r:g}"]["val_mAP"] for r in rates)
     return {"runs": runs, "default_lr": runs["default"]["lr"], "best_val_mAP": best,
@@ -67,10 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     rates = [float(r) for r in args.rates.split(",")]
     output = Path(args.output)
     results = {name: check_setting(name, rates, args.seed, output) for name in args.settings.split(",")}
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "lr_check.json").write_text(json.dumps(results, indent=2))
     text = markdown(results, rates)
-    (output / "lr_check.md").write_text(text)
+    write_results(output, "lr_check", results, text)
     print(text)
     return 0
 

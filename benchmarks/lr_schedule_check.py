@@ -18,7 +18,6 @@ The test split is not read for anything. Finished runs in ``OUTPUT/CASE_eE_lrR/`
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -27,9 +26,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import accuracy  # noqa: E402
+from _report import write_results  # noqa: E402
+from lr_check import vanilla_run  # noqa: E402
+
 from mlkd.config import RunConfig, default_lr, make_config  # noqa: E402
 from mlkd.engine.preflight import check_run  # noqa: E402
-from mlkd.engine.trainer import fit  # noqa: E402
 
 DEFAULT_CASES = "lowres:1,2,4;teacher:1,2,4;clutter_lite0:1,4"
 
@@ -52,9 +53,8 @@ def run_case(case: str, epochs: int, rates: list[float], output: Path) -> dict:
     row: dict = {"case": case, "epochs": epochs, "val_mAP": {}}
     for lr in rates:
         folder = output / f"{case}_e{epochs}_lr{lr:g}"
-        cfg = make_config(base, method="vanilla", teacher=None, seed=0, output=str(folder), quiet=True, lr=lr,
-                          epochs=epochs, cache_teacher=False, resume=(folder / "last.pt").exists())
-        row["val_mAP"][f"{lr:g}"] = fit(cfg).metrics["best_val_mAP"]
+        result = vanilla_run(base, folder, 0, lr=lr, epochs=epochs, cache_teacher=False)
+        row["val_mAP"][f"{lr:g}"] = result.metrics["best_val_mAP"]
     row["steps"] = check_run(make_config(base, method="vanilla", teacher=None, epochs=epochs))
     row["rule"] = default_lr(base, row["steps"])
     best = max(row["val_mAP"].values())
@@ -84,10 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     for part in args.cases.split(";"):
         case, _, epochs = part.partition(":")
         rows += [run_case(case, int(e), rates, output) for e in epochs.split(",")]
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "lr_schedule.json").write_text(json.dumps(rows, indent=2))
     text = markdown(rows, rates)
-    (output / "lr_schedule.md").write_text(text)
+    write_results(output, "lr_schedule", rows, text)
     print(text)
     return 0
 

@@ -291,19 +291,18 @@ def default_lr(cfg: RunConfig, total_steps: int) -> float:
         total_steps: optimizer steps of the whole OneCycle schedule (``schedule_epochs`` or ``epochs``
             times the batches per epoch of one process).
     """
-    if not (cfg.pretrained or cfg.weights) or total_steps < SHORT_SCHEDULE_STEPS:
-        return LR_FROM_SCRATCH
-    return LR_PRETRAINED
+    return default_lr_and_reason(cfg, total_steps)[0]
 
 
-def describe_default_lr(cfg: RunConfig, total_steps: int) -> str:
-    """Why `default_lr` chose its rate, for the start-of-run log."""
+def default_lr_and_reason(cfg: RunConfig, total_steps: int) -> tuple[float, str]:
+    """`default_lr` and why it chose that rate, for the start-of-run log."""
     if not (cfg.pretrained or cfg.weights):
-        return "the default for a model trained from scratch (set --lr to override)"
+        return LR_FROM_SCRATCH, "the default for a model trained from scratch (set --lr to override)"
     if total_steps < SHORT_SCHEDULE_STEPS:
-        return (f"the default for a pretrained model over a short schedule ({total_steps} optimizer steps, fewer "
-                f"than {SHORT_SCHEDULE_STEPS}; set --lr to override)")
-    return f"the default for fine-tuning a pretrained model over {total_steps} optimizer steps (set --lr to override)"
+        return LR_FROM_SCRATCH, (f"the default for a pretrained model over a short schedule ({total_steps} optimizer "
+                                 f"steps, fewer than {SHORT_SCHEDULE_STEPS}; set --lr to override)")
+    return LR_PRETRAINED, (f"the default for fine-tuning a pretrained model over {total_steps} optimizer steps "
+                           "(set --lr to override)")
 
 
 def validate(cfg: RunConfig) -> None:

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import lr_check  # noqa: E402
 import lr_schedule_check as check  # noqa: E402
 from mlkd.config import SHORT_SCHEDULE_STEPS  # noqa: E402
 
@@ -18,7 +19,7 @@ def test_rule_against_the_rates_of_each_schedule(monkeypatch, tmp_path):
         return SimpleNamespace(metrics={"best_val_mAP": {1e-3: 0.60, 3e-3: 0.69}[cfg.lr] + cfg.epochs / 100})
 
     steps_per_epoch = SHORT_SCHEDULE_STEPS // 2 - 1  # two epochs: short; four: not
-    monkeypatch.setattr(check, "fit", fit)
+    monkeypatch.setattr(lr_check, "fit", fit)  # the runner both scripts share (lr_check.vanilla_run)
     monkeypatch.setattr(check, "check_run", lambda cfg: cfg.epochs * steps_per_epoch)
     short = check.run_case("lowres", 2, [1e-3, 3e-3], tmp_path)
     long = check.run_case("clutter_lite0", 4, [1e-3, 3e-3], tmp_path)

@@ -20,7 +20,7 @@ import yaml
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from mlkd.config import RunConfig, default_lr, describe_default_lr, load_yaml, resume_comparable
+from mlkd.config import RunConfig, default_lr_and_reason, load_yaml, resume_comparable
 from mlkd.data import build_loader, build_transforms, create_dataset
 from mlkd.data.views import AugmentedViews
 from mlkd.engine import distributed as ddp
@@ -106,8 +106,9 @@ def _fit(cfg: RunConfig, info: ddp.DistInfo, device: torch.device) -> RunResult:
     steps = check_run(cfg, info.world_size)  # options and data, before anything is written (engine/preflight.py)
     if cfg.lr is None:
         # The default rate depends on the schedule's length, known only once the data set is read.
-        cfg = dataclasses.replace(cfg, lr=default_lr(cfg, steps))
-        log.info("lr not given: %g, %s", cfg.lr, describe_default_lr(cfg, steps))
+        lr, reason = default_lr_and_reason(cfg, steps)
+        cfg = dataclasses.replace(cfg, lr=lr)
+        log.info("lr not given: %g, %s", lr, reason)
     out_dir = Path(cfg.output)
     folder, resume_state = _prepare_output(cfg, out_dir, info)
     try:
