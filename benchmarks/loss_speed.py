@@ -8,8 +8,8 @@ Run from the repository root (inside the shared CPU lock on a shared machine):
 
 Every call gets fresh inputs, as a training step does: the inputs rotate through a pool of distinct
 tensors (so none is still in the CPU caches from the previous call) and every call allocates a fresh
-gradient. All variants run side by side, interleaved call by call in one process, so that they see the
-same machine load and the same memory-allocator state:
+gradient. All variants run side by side, interleaved call by call in one process (in an order that
+rotates every round), so that they see the same machine load and the same memory-allocator state:
 
 - *loop*: the official objective written as loops (tests/reference_losses.py: a Python loop over labels
   and images with boolean row selection and a host sync per set, as in the paper's code):
@@ -91,10 +91,13 @@ def time_shape(n: int, q: int, d: int, k: float, quick: bool) -> dict[str, float
         got = fns[name](zs, zt, es, et, y).item()
         if abs(got - want) > 1e-4 * abs(want):
             raise RuntimeError(f"{name} {got} and the loop {want} disagree at {(n, q, d)}")
-    rounds, loop_rounds = (8, 2) if quick else ((60, 7) if q <= 100 else (25, 3))
+    rounds, loop_rounds = (8, 2) if quick else ((60, 15) if q <= 100 else (25, 5))
     times: dict[str, list[float]] = {name: [] for name in fns}
+    names = list(fns)
     for r in range(rounds + 2):  # two warm-up rounds
-        for name, fn in fns.items():
+        # A rotating order, so that no variant always runs right after the cache-flushing loop code.
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            fn = fns[name]
             if name == "loop" and r >= loop_rounds + 2:
                 continue
             zs, zt, es, et, y = pool[r % len(pool)]
@@ -154,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
         "Median wall time of one forward + backward, float32, student and teacher d = 768, each label "
         "positive with probability k/q. Every call gets inputs it has not seen in the previous calls "
         "(a pool of distinct tensors) and allocates a fresh gradient, as a training step does; all "
-        "columns are interleaved call by call in one process. *loop*: the official objective "
+        "columns are interleaved call by call in one process, in an order that rotates every round. *loop*: the official objective "
         "BCE_sum + 10·MLD + 100·CD + 1000·ID written as Python loops over labels and images "
         "(tests/reference_losses.py). *L2DLoss*: `L2DLoss()` with its value checks, which look at the "
         "finished total and read the [N, q, d] inputs only when it is not finite (on the CPU one fused "

@@ -252,3 +252,29 @@ def test_huge_and_tiny_finite_embeddings_give_the_unscaled_value(form):
         for name in ("cd", "id"):
             assert torch.isfinite(out.terms[name])
             torch.testing.assert_close(out.terms[name].double(), base.terms[name], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_saturated_logits_give_exact_bce_and_mld(form):
+    """BCE and MLD of the fused node at logits far into saturation (±30, ±1e4, ±1e20, in float32),
+    against float64 ``logsigmoid`` written term by term: no overflow, and no cancellation where the
+    student and teacher logits are large and close (their KL is tiny, not float32 noise)."""
+    big = torch.tensor([30.0, 31.0, -30.0, -31.0, 1e4, -1e4, 1e20, -1e20, 0.5, 40.0])
+    zs = torch.stack([big, big.flip(0), big * 0.9, -big])
+    zt = torch.stack([big + 0.5, big.flip(0) - 1.0, big, big])
+    y = torch.zeros(4, 10)
+    y[:, ::3] = 1
+    es, et = torch.randn(4, 10, 3), torch.randn(4, 10, 3)
+    loss = L.L2DLoss(form=form, lambda_led=0.0)
+    a = zs.clone().requires_grad_(True)
+    out = loss(ModelOutput(a, es), ModelOutput(zt, et), y)
+    out.terms["mld"].backward()
+    s, t = zs.double(), zt.double()
+    p = torch.sigmoid(t)
+    kl = (p * (F.logsigmoid(t) - F.logsigmoid(s)) + torch.sigmoid(-t) * (F.logsigmoid(-t) - F.logsigmoid(-s)))
+    scale = 10.0 / 4 if form == "paper" else loss.lambda_mld
+    torch.testing.assert_close(out.terms["mld"].double(), kl.sum() * scale, rtol=1e-6, atol=0.0)
+    bce = (-(y.double() * F.logsigmoid(s) + (1 - y.double()) * F.logsigmoid(-s))).sum()
+    torch.testing.assert_close(out.terms["bce"].double(), bce, rtol=1e-6, atol=0.0)
+    # The gradient σ(a) − σ(b) is float32 arithmetic near 1: equal to float32 rounding.
+    torch.testing.assert_close(a.grad.double(), (torch.sigmoid(s) - p) * scale, rtol=1e-5, atol=1e-6)

@@ -3,38 +3,43 @@
 ``L = bce_weight·BCE_sum + λ_MLD·MLD + λ_LED·λ_CD·CD + λ_LED·λ_ID·ID`` (method.md §3.5), the value of
 `mlkd.losses.L2DLoss` in the paper's form, and the balanced form's value (`balanced_embedding`: the
 same pairs, other weights and mean normalisers; see `host_pair_plan`), computed in one
-`torch.autograd.Function` whose forward pass also prepares the whole backward pass, so that a
-training step runs a few dozen tensor operations
-instead of about eighty (at MS-COCO-like sizes the terms cost about as much in per-operation overhead
-as in data):
+`torch.autograd.Function` whose forward pass also prepares the whole backward pass. At MS-COCO-like
+sizes the terms cost about as much in per-operation overhead as in data, so the node keeps the
+operations on large tensors to the few that must touch them and does the rest on the host:
 
 - **index structures on the host.** The label mask is read once as a NumPy array (free on the CPU,
   where alone it runs: `L2DLoss` keeps CUDA tensors on the general path) and every index
-  the terms need is built there: the positives of each CD set (label) and ID set (image), every
-  unordered pair of members of each set (CD's pairs first, then ID's), the set of each pair, the
-  number of pairs of each set and each pair's weight ``λ·2/m`` (H's ``1/m`` over the two ordered
-  pairs that each unordered pair stands for, times the term's weight). They reach the device in one
-  integer and one floating array.
-- **CD and ID** as in `label_embedding`: the exact difference of every pair straight from the full
-  ``[N·q, d]`` tensors (one ``embedding_bag`` per side), norms, per-set means, normalised distances,
-  smooth-L1, and each term as one dot product with the pair weights. A set whose student or teacher
-  distances are all 0 gets normaliser 0 on both sides, so it adds 0 and gets gradient 0 (method.md:
-  the reference would divide by zero); a NaN stays NaN.
-- **BCE and MLD** from one ``log1p(exp(−|z|))`` of the stacked student and teacher logits:
-  ``log σ(z) = min(z, 0) − log1p(e^{−|z|})`` and ``log σ(−z) = −max(z, 0) − log1p(e^{−|z|})``, exact
-  for saturated logits, like ``logsigmoid``.
+  the terms need is built there (`host_pair_plan`): the positives of each CD set (label) and ID set
+  (image), every unordered pair of members of each set (CD's pairs first, then ID's), the set of each
+  pair, the number of pairs of each set and each pair's weight ``λ·2/m`` (H's ``1/m`` over the two
+  ordered pairs that each unordered pair stands for, times the term's weight).
+- **CD and ID**: the exact difference of every pair straight from the full ``[N·q, d]`` tensors (one
+  ``embedding_bag`` per side) and its norm are the only tensor operations; the per-pair and per-set
+  arithmetic on those ``[pairs]`` norms (per-set means, normalised distances, smooth-L1, the weighted
+  sums, and the backward coefficients) runs in NumPy in float64 on zero-copy views, a few microseconds
+  per operation instead of a tensor dispatch each. A set whose student or teacher distances are all 0
+  gets normaliser 0 on both sides, so it adds 0 and gets gradient 0 (method.md: the reference would
+  divide by zero); a NaN stays NaN.
+- **BCE and MLD** in NumPy on zero-copy views of the ``[N, q]`` logits, exact for saturated logits:
+  ``log σ(z) = min(z, 0) − log1p(e^{−|z|})`` and ``log(1 − σ(z)) = −max(z, 0) − log1p(e^{−|z|})``, so
+  the binary KL of one logit is ``p·(min(b,0) − min(a,0)) + (1 − p)·(max(a,0) − max(b,0)) +
+  log1p(e^{−|a|}) − log1p(e^{−|b|})`` (``a = z^s/τ``, ``b = z^t/τ``, ``p = σ(b)``, and ``1 − p``
+  computed as ``σ(−b)``), without the cancellation of subtracting the teacher's entropy.
 - **the backward pass** is prepared in the forward pass (only when an input needs a gradient): the
   logits' gradient for a unit output gradient, and the scaled pair differences ``c_p·diff_p``
-  (``c_p = ∂L/∂d_p / d_p``, see `label_embedding._StructureFunction`). The backward pass itself is
-  the logits' gradient and one ``embedding_bag`` that writes the whole ``[N, q, d]`` gradient at once:
-  one bag per embedding row, holding the pairs with an end there (``+`` for a first end, ``−`` for a
-  second, times the output gradient); rows without a pair get 0. That replaces a zeroed buffer plus
-  ``index_add_`` of the rows, which is slow on the CPU when many pairs share a row (large CD sets).
+  (``c_p = ∂L/∂d_p / d_p``, see `label_embedding._StructureFunction`), written over ``diff`` in
+  place. The backward pass itself is the logits' gradient and one ``embedding_bag`` that writes the
+  whole ``[N, q, d]`` gradient at once: one bag per embedding row, holding the pairs with an end there
+  (``+`` for a first end, ``−`` for a second, times the output gradient); rows without a pair get 0.
+  That replaces a zeroed buffer plus ``index_add_`` of the rows, which is slow on the CPU when many
+  pairs share a row (large CD sets).
 
 The node returns the total and the four weighted terms; the backward pass accepts gradients on any of
 them (data-parallel training back-propagates the terms with different scales).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -47,8 +52,38 @@ from mlkd.losses.label_embedding import _difference_bags
 _NUMPY_FLOAT = {torch.float32: np.float32, torch.float64: np.float64}
 
 
-def host_pair_plan(mask: np.ndarray, weight_cd: float, weight_id: float,
-                   dtype: np.dtype, balanced: bool = False) -> tuple[np.ndarray, np.ndarray, int, int]:
+@dataclass(frozen=True)
+class PairPlan:
+    """The pairs of CD's and ID's sets, from `host_pair_plan`. ``P`` pairs, ``G = q + N`` sets.
+
+    Attributes:
+        n_pairs: ``P``.
+        n_cd: the number of CD pairs (they come first).
+        ends: ``[2P]`` int64 tensor, the rows of ``[N·q, d]`` at both ends of pair k at 2k and 2k + 1.
+        end_pair: ``[2P]`` int64 tensor, the pair of each end, ends ordered by row.
+        row_offsets: ``[N·q]`` int64 tensor, where each row's ends start in ``end_pair``.
+        end_sign: ``[2P]`` tensor of the embeddings' dtype, +1 for a first end and −1 for a second,
+            in the order of ``end_pair``.
+        pair_set: ``[P]`` int64 array, the set of each pair.
+        pair_weight: ``[P]`` float64 array, ``2/m`` times the term's weight.
+        mean_count: ``[G]`` float64 array, ``K`` per set (the pairs a set's mean distance is over).
+        inv_count: ``[G]`` float64 array, ``1/K`` (0 for sets without pairs).
+    """
+
+    n_pairs: int
+    n_cd: int
+    ends: Tensor
+    end_pair: Tensor
+    row_offsets: Tensor
+    end_sign: Tensor
+    pair_set: np.ndarray
+    pair_weight: np.ndarray
+    mean_count: np.ndarray
+    inv_count: np.ndarray
+
+
+def host_pair_plan(mask: np.ndarray, weight_cd: float, weight_id: float, dtype: torch.dtype,
+                   balanced: bool = False) -> PairPlan:
     """Every index CD and ID need, from the ``[N, q]`` bool label mask on the host.
 
     Sets: CD's q labels (members: the images where the label is positive, in image order), then ID's
@@ -66,15 +101,8 @@ def host_pair_plan(mask: np.ndarray, weight_cd: float, weight_id: float,
         mask: ``[N, q]`` bool.
         weight_cd: weight of L_CD in the objective (``λ_LED·λ_CD``; balanced: ``λ_LED·λ_CD·N·q/n₊``).
         weight_id: weight of L_ID (``λ_LED·λ_ID``; balanced: ``λ_LED·λ_ID·N·q/n₊``).
-        dtype: the floating dtype of the weights.
+        dtype: the embeddings' dtype (float32 or float64), for ``end_sign``.
         balanced: normalise by the balanced form's ``K = m²/2`` instead of the paper's ``m(m−1)/2``.
-
-    Returns:
-        ``ints`` = ``[ends (2·P), pair of each end in row order (2·P), offsets of each row's ends
-        (N·q), set of each pair (P)]`` (``ends``: the rows of both ends of pair k at 2k and 2k + 1),
-        ``floats`` = ``[pair weight (P), K per set (G), 1 / K per set (G, 0 without pairs),
-        sign of each end in row order (2·P)]`` with ``G = q + N``, the number of pairs P and of CD
-        pairs.
     """
     n, q = mask.shape
     label_sizes, image_sizes = mask.sum(axis=0), mask.sum(axis=1)
@@ -97,118 +125,130 @@ def host_pair_plan(mask: np.ndarray, weight_cd: float, weight_id: float,
     # [N·q, d], most of them empty) holds the pairs with an end at row r, + for a first end, − for
     # a second one.
     by_row = np.argsort(ends.astype(np.uint16) if n * q <= 1 << 16 else ends, kind="stable")  # radix sort for 16 bits
-    row_offsets = np.searchsorted(ends[by_row], np.arange(n * q))
+    row_offsets = np.zeros(n * q, dtype=np.int64)
+    np.cumsum(np.bincount(ends, minlength=n * q)[:-1], out=row_offsets[1:])
     pair_set = group[first]
     n_cd = int((label_sizes * (label_sizes - 1)).sum()) // 2
-    mean_count = (sizes * (sizes - 1) // 2).astype(np.float64)
     if balanced:  # the mean distance over m² ordered pairs; sets without pairs keep K = 0 (unused)
         mean_count = np.where(sizes >= 2, sizes.astype(np.float64) ** 2 / 2.0, 0.0)
+    else:
+        mean_count = (sizes * (sizes - 1) // 2).astype(np.float64)
     per_set_weight = 2.0 / np.maximum(sizes, 1)
     per_set_weight[:q] *= weight_cd
     per_set_weight[q:] *= weight_id
-    floats = np.concatenate([per_set_weight[pair_set], mean_count,
-                             np.divide(1.0, mean_count, out=np.zeros_like(mean_count),
-                                       where=mean_count > 0),
-                             1.0 - 2.0 * (by_row & 1)]).astype(dtype)
-    return np.concatenate([ends, by_row >> 1, row_offsets, pair_set]), floats, n_pairs, n_cd
+    return PairPlan(
+        n_pairs=n_pairs, n_cd=n_cd, ends=torch.from_numpy(ends), end_pair=torch.from_numpy(by_row >> 1),
+        row_offsets=torch.from_numpy(row_offsets),
+        end_sign=torch.from_numpy((1 - 2 * (by_row & 1)).astype(_NUMPY_FLOAT[dtype])),
+        pair_set=pair_set, pair_weight=per_set_weight[pair_set], mean_count=mean_count,
+        inv_count=np.divide(1.0, mean_count, out=np.zeros_like(mean_count), where=mean_count > 0))
 
 
 class FusedL2DFunction(torch.autograd.Function):
     """``(total, bce, mld, cd, id)`` of the L2D objective, weighted; see the module docstring.
 
-    Inputs: student logits ``zs`` and embeddings ``es`` (differentiable), teacher logits and
-    embeddings (constants), ``y`` the float labels, the device copies of `host_pair_plan`'s arrays,
-    its pair counts, and ``(bce_weight, λ_MLD, τ)``. Not twice differentiable.
+    Inputs: student logits ``zs`` ``[N, q]`` and embeddings ``es`` ``[N, q, d]`` (differentiable),
+    teacher logits and embeddings (constants; the teacher's ``d`` may differ), ``y`` the float labels,
+    the `PairPlan` of the labels, and ``(bce_weight, λ_MLD, τ)``. CPU float32/float64 tensors only.
+    Not twice differentiable.
     """
 
     @staticmethod
-    def forward(ctx, zs: Tensor, es: Tensor, zt: Tensor, et: Tensor, y: Tensor, ints: Tensor, floats: Tensor,
-                n_pairs: int, n_cd: int, weights: tuple[float, float, float]):
+    def forward(ctx, zs: Tensor, es: Tensor, zt: Tensor, et: Tensor, y: Tensor, plan: PairPlan,
+                weights: tuple[float, float, float]):
+        # NaN/inf inputs give NaN/inf values, as in torch; `L2DLoss` then names the input.
+        with np.errstate(all="ignore"):
+            return FusedL2DFunction._forward(ctx, zs, es, zt, et, y, plan, weights)
+
+    @staticmethod
+    def _forward(ctx, zs: Tensor, es: Tensor, zt: Tensor, et: Tensor, y: Tensor, plan: PairPlan,
+                 weights: tuple[float, float, float]):
         ctx.set_materialize_grads(False)
         need_z, need_e = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         bce_weight, lambda_mld, tau = weights
         n, q = zs.shape
-        dtype, dev = zs.dtype, zs.device
+        dtype = zs.dtype
 
-        # BCE and MLD: log σ(±z) of student and teacher from one log1p(e^{-|z|}).
+        # BCE and MLD in NumPy on zero-copy views ([N, q] is small: per-operation cost dominates).
         zs_t, zt_t = (zs, zt) if tau == 1.0 else (zs / tau, zt / tau)
-        z = torch.stack([zs_t, zt_t])
-        soft = z.abs().neg_().exp().log1p_()  # log(1 + e^{-|z|})
-        log_p = z.clamp_max(0).sub_(soft)  # log σ(z)
-        softplus = z.clamp_min(0).add_(soft)  # −log σ(−z) = log(1 + e^z)
-        sig = torch.sigmoid(z)
-        p_t, q_t = sig[1], torch.sigmoid(zt_t.neg())
-        kl = (log_p[1] - log_p[0]).mul_(p_t).add_((softplus[0] - softplus[1]).mul_(q_t))
-        mld = kl.sum() * (lambda_mld * tau * tau / n)
-        if tau == 1.0:
-            bce = torch.addcmul(softplus[0], y, zs, value=-1.0).sum()  # log(1 + e^z) − y·z ≥ 0
-        else:
-            bce = F.binary_cross_entropy_with_logits(zs, y, reduction="sum")
-        if bce_weight != 1.0:
-            bce = bce * bce_weight
+        a, b, labels = zs_t.numpy(), zt_t.numpy(), y.numpy()
+        (min_s, max_s, log_s), (min_t, max_t, log_t) = _logit_parts(a), _logit_parts(b)
+        p_t = torch.sigmoid(zt_t).numpy()  # σ(z^t/τ)
+        q_t = torch.sigmoid(zt_t.neg()).numpy()  # 1 − σ(z^t/τ), without cancellation
+        # KL per logit: p·(log p − log σ(a)) + (1 − p)·(log(1 − p) − log(1 − σ(a))) with
+        # log σ(z) = min(z, 0) − log1p(e^{−|z|}) and log(1 − σ(z)) = −max(z, 0) − log1p(e^{−|z|}).
+        kl = p_t * (min_t - min_s) + q_t * (max_s - max_t) + (log_s - log_t)
+        mld = float(kl.sum(dtype=np.float64)) * (lambda_mld * tau * tau / n)
+        plain = zs.numpy()
+        _, max_p, log_p = (None, max_s, log_s) if tau == 1.0 else _logit_parts(plain)
+        bce = float((max_p + log_p - labels * plain).sum(dtype=np.float64)) * bce_weight  # log(1 + e^z) − y·z
 
-        # CD and ID over the pair list.
-        g_sets = n + q
-        n_rows = n * q
+        # CD and ID over the pair list: the differences and norms as tensors, the rest in NumPy.
+        n_pairs = plan.n_pairs
+        cd = id_ = 0.0
+        scaled = None
         if n_pairs > 0:
-            ends, pair_set = ints[:2 * n_pairs], ints[4 * n_pairs + n_rows:]
-            pair_weight, mean_count = floats[:n_pairs], floats[n_pairs:n_pairs + g_sets]
-            bags = _difference_bags(ends, dtype)
-            diff = F.embedding_bag(ends, es.reshape(n_rows, -1), bags[1], mode="sum", per_sample_weights=bags[2])
-            diff_t = F.embedding_bag(ends, et.reshape(n_rows, -1), bags[1], mode="sum", per_sample_weights=bags[2])
-            dist = torch.stack([torch.linalg.vector_norm(diff, dim=1), torch.linalg.vector_norm(diff_t, dim=1)], dim=1)
-            sums = torch.zeros(g_sets, 2, dtype=dtype, device=dev).index_add_(0, pair_set, dist)
+            bags = _difference_bags(plan.ends, dtype)
+            diff_t = F.embedding_bag(plan.ends, et.reshape(n * q, -1), bags[1], mode="sum", per_sample_weights=bags[2])
+            dist_t = torch.linalg.vector_norm(diff_t, dim=1).numpy()
+            del diff_t  # its memory serves the student's differences next
+            diff = F.embedding_bag(plan.ends, es.reshape(n * q, -1), bags[1], mode="sum", per_sample_weights=bags[2])
+            dist_s = torch.linalg.vector_norm(diff, dim=1).numpy()
+            pair_set, pair_weight, n_cd = plan.pair_set, plan.pair_weight, plan.n_cd
+            sums_s = np.bincount(pair_set, weights=dist_s, minlength=q + n)
+            sums_t = np.bincount(pair_set, weights=dist_t, minlength=q + n)
             # 1 / mean distance of each set and side; 0 on both sides of a set where either side's
             # distances are all 0 (no structure to match: it adds 0 and gets gradient 0). NaN stays.
-            inv_mean = torch.where((sums != 0).all(dim=1, keepdim=True), mean_count.unsqueeze(1) / sums, 0.0)
-            inv_pair = inv_mean.index_select(0, pair_set)
-            hat = dist * inv_pair  # [pairs, (student, teacher)]
-            huber = F.smooth_l1_loss(hat[:, 0], hat[:, 1], reduction="none", beta=1.0)
-            cd = torch.dot(huber[:n_cd], pair_weight[:n_cd])
-            id_ = torch.dot(huber[n_cd:], pair_weight[n_cd:])
-        else:
-            cd = id_ = torch.zeros((), dtype=dtype, device=dev)
-        total = bce + mld + cd + id_
+            usable = (sums_s != 0) & (sums_t != 0)
+            inv_s = np.where(usable, plan.mean_count / sums_s, 0.0)[pair_set]
+            inv_t = np.where(usable, plan.mean_count / sums_t, 0.0)[pair_set]
+            s_hat, t_hat = dist_s * inv_s, dist_t * inv_t
+            gap = s_hat - t_hat
+            size = np.abs(gap)
+            huber = np.where(size < 1.0, 0.5 * gap * gap, size - 0.5)  # smooth-L1, β = 1
+            cd = float(np.dot(huber[:n_cd], pair_weight[:n_cd]))
+            id_ = float(np.dot(huber[n_cd:], pair_weight[n_cd:]))
+            if need_e:
+                # ∂L/∂ŝ_p = w_p·clamp(ŝ_p − t̂_p, −1, 1); ∂L/∂d_p = (that − Σ_set that·ŝ / K) / μ, with
+                # μ the set's mean distance over K pairs (ŝ_p = d_p/μ, ∂μ/∂d_p = 1/K).
+                g_hat = np.clip(gap, -1.0, 1.0) * pair_weight
+                centre = np.bincount(pair_set, weights=g_hat * s_hat, minlength=q + n) * plan.inv_count
+                scale = np.where(dist_s == 0, 0.0, inv_s / dist_s)  # a zero distance gets gradient 0
+                coef = (g_hat - centre[pair_set]) * scale
+                # coef_p·diff_p, over diff: added at the first end of pair p and subtracted at the second.
+                scaled = diff.mul_(torch.from_numpy(coef.astype(_NUMPY_FLOAT[dtype])).unsqueeze(1))
 
-        ctx.shape, ctx.n_cd, ctx.n_pairs, ctx.dtype, ctx.device = es.shape, n_cd, n_pairs, dtype, dev
-        grad_bce = grad_mld = scaled = None
+        ctx.shape, ctx.dtype, ctx.plan = es.shape, dtype, plan
+        grad_bce = grad_mld = None
         if need_z:
-            s_s = sig[0] if tau == 1.0 else torch.sigmoid(zs)
             # Per unit output gradient: ∂BCE/∂z = σ(z) − y; ∂MLD/∂z = τ/N · (σ(z/τ) − σ(z^t/τ)).
-            grad_bce = (s_s - y).mul_(bce_weight) if bce_weight != 1.0 else s_s - y
-            grad_mld = (sig[0] - p_t).mul_(lambda_mld * tau / n)
-        if need_e and n_pairs > 0:
-            # ∂L/∂ŝ_p = w_p·clamp(ŝ_p − t̂_p, −1, 1); ∂L/∂d_p = (that − Σ_set that·ŝ / K) / μ, with μ the
-            # set's mean distance over K pairs (ŝ_p = d_p/μ, ∂μ/∂d_p = 1/K).
-            s_hat = hat[:, 0]
-            g_hat = (s_hat - hat[:, 1]).clamp_(-1.0, 1.0).mul_(pair_weight)
-            inv_count = floats[n_pairs + g_sets:n_pairs + 2 * g_sets]
-            centre = torch.zeros(g_sets, dtype=dtype, device=dev).index_add_(0, pair_set, g_hat * s_hat)
-            centre.mul_(inv_count)
-            scale = inv_pair[:, 0] / dist[:, 0]
-            scale.masked_fill_(dist[:, 0] == 0, 0.0)  # a zero distance gets gradient 0 (its difference is 0)
-            coef = g_hat.sub_(centre.index_select(0, pair_set)).mul_(scale)
-            # coef_p·diff_p: added at the first end of pair p and subtracted at the second.
-            scaled = diff * coef.unsqueeze(1)
+            s_tau = torch.sigmoid(zs_t).numpy()
+            s_s = s_tau if tau == 1.0 else torch.sigmoid(zs).numpy()
+            grad_bce = torch.from_numpy((s_s - labels) * bce_weight if bce_weight != 1.0 else s_s - labels)
+            grad_mld = torch.from_numpy((s_tau - p_t) * (lambda_mld * tau / n))
         # Intermediates, saved so that they are freed once the backward pass has run.
-        ctx.save_for_backward(grad_bce, grad_mld, scaled, ints[2 * n_pairs:] if scaled is not None else None,
-                              floats[n_pairs + 2 * g_sets:] if scaled is not None else None)
-        return total, bce, mld, cd, id_
+        ctx.save_for_backward(grad_bce, grad_mld, scaled)
+        values = (bce + mld + cd + id_, bce, mld, cd, id_)
+        return tuple(torch.tensor(v, dtype=dtype) for v in values)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g_total, g_bce, g_mld, g_cd, g_id):
-        # CPU tensors only (`L2DLoss` keeps CUDA on the general path): the 0-dim output gradients are
-        # read as numbers, no device sync.
+        # CPU tensors only: the 0-dim output gradients are read as numbers, no device sync.
         def coefficient(g_term) -> float | None:
             given = [float(g) for g in (g_total, g_term) if g is not None]
             return sum(given) if given else None
 
         c_bce, c_mld, c_cd, c_id = (coefficient(g) for g in (g_bce, g_mld, g_cd, g_id))
-        grad_bce, grad_mld, scaled, by_row, signs = ctx.saved_tensors
+        grad_bce, grad_mld, scaled = ctx.saved_tensors
         grad_z = _combine(grad_bce, c_bce, grad_mld, c_mld) if ctx.needs_input_grad[0] else None
-        grad_e = _embedding_grad(ctx, scaled, by_row, signs, c_cd, c_id) if ctx.needs_input_grad[1] else None
-        return grad_z, grad_e, None, None, None, None, None, None, None, None
+        grad_e = _embedding_grad(ctx, scaled, c_cd, c_id) if ctx.needs_input_grad[1] else None
+        return grad_z, grad_e, None, None, None, None, None
+
+
+def _logit_parts(z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``min(z, 0)``, ``max(z, 0)`` and ``log1p(e^{−|z|})``, elementwise."""
+    return np.minimum(z, 0), np.maximum(z, 0), np.log1p(np.exp(-np.abs(z)))
 
 
 def _combine(a: Tensor, ca: float | None, b: Tensor, cb: float | None) -> Tensor | None:
@@ -224,21 +264,20 @@ def _combine(a: Tensor, ca: float | None, b: Tensor, cb: float | None) -> Tensor
     return torch.add(a * ca, b, alpha=cb)
 
 
-def _embedding_grad(ctx, scaled: Tensor | None, by_row: Tensor | None, signs: Tensor | None,
-                    c_cd: float | None, c_id: float | None) -> Tensor | None:
+def _embedding_grad(ctx, scaled: Tensor | None, c_cd: float | None, c_id: float | None) -> Tensor | None:
     """The ``[N, q, d]`` gradient as one ``embedding_bag`` over the scaled pair differences: row r
     gets ``Σ ±c·coef_p·diff_p`` over the pairs p with an end at r (``+`` for a first end, ``−`` for a
     second; ``c``: the output gradient of the pair's term) and 0 where it has none."""
     if c_cd is None and c_id is None:
         return None
-    n, q, d = ctx.shape
-    if ctx.n_pairs == 0:
-        return torch.zeros(ctx.shape, dtype=ctx.dtype, device=ctx.device)
-    pair, offsets = by_row[:2 * ctx.n_pairs], by_row[2 * ctx.n_pairs:2 * ctx.n_pairs + n * q]
+    plan = ctx.plan
+    if plan.n_pairs == 0:
+        return torch.zeros(ctx.shape, dtype=ctx.dtype)
     c_cd, c_id = c_cd or 0.0, c_id or 0.0
+    signs = plan.end_sign
     if c_cd == c_id:
         weights = signs if c_cd == 1.0 else signs * c_cd
     else:
-        weights = torch.where(pair < ctx.n_cd, signs * c_cd, signs * c_id)
-    grad = F.embedding_bag(pair, scaled, offsets, mode="sum", per_sample_weights=weights)
-    return grad.view(n, q, d)
+        weights = torch.where(plan.end_pair < plan.n_cd, signs * c_cd, signs * c_id)
+    grad = F.embedding_bag(plan.end_pair, scaled, plan.row_offsets, mode="sum", per_sample_weights=weights)
+    return grad.view(ctx.shape)

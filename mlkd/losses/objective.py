@@ -289,13 +289,11 @@ class L2DLoss(_Objective):
             # and N folded into the weights that the node applies to the paper-form sums.
             units = n * q / max(int(np.count_nonzero(mask)), 1)
             weight_cd, weight_id, lambda_mld = weight_cd * units, weight_id * units, lambda_mld * n
-        ints, floats, n_pairs, n_cd = host_pair_plan(mask, weight_cd, weight_id, _NUMPY_FLOAT[dtype], balanced)
-        ints, floats = torch.from_numpy(ints).to(dev), torch.from_numpy(floats).to(dev)
+        plan = host_pair_plan(mask, weight_cd, weight_id, dtype, balanced)
         weights = (self.bce_weight, lambda_mld, self.temperature)
 
         def run(es: Tensor, et: Tensor) -> LossOutput:
-            total, bce, mld, cd, id_ = FusedL2DFunction.apply(zs, es, zt.detach(), et.detach(), y, ints, floats,
-                                                              n_pairs, n_cd, weights)
+            total, bce, mld, cd, id_ = FusedL2DFunction.apply(zs, es, zt.detach(), et.detach(), y, plan, weights)
             return LossOutput(total=total, terms={"bce": bce, "mld": mld, "cd": cd, "id": id_})
 
         out = run(es, et)
