@@ -8,8 +8,8 @@ Run from the repository root (inside the shared CPU lock on a shared machine):
 
 Every call gets fresh inputs, as a training step does: the inputs rotate through a pool of distinct
 tensors (so none is still in the CPU caches from the previous call) and every call allocates a fresh
-gradient. All variants run side by side, interleaved call by call in one process (in an order that
-rotates every round), so that they see the same machine load and the same memory-allocator state:
+gradient. All variants run side by side, interleaved call by call in one process (in an order drawn
+afresh every round), so that they see the same machine load and the same memory-allocator state:
 
 - *loop*: the official objective written as loops (tests/reference_losses.py: a Python loop over labels
   and images with boolean row selection and a host sync per set, as in the paper's code):
@@ -28,6 +28,7 @@ Shapes (N, q, d) with about k positives per image (each label positive with prob
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import sys
 import time
@@ -95,8 +96,9 @@ def time_shape(n: int, q: int, d: int, k: float, quick: bool) -> dict[str, float
     times: dict[str, list[float]] = {name: [] for name in fns}
     names = list(fns)
     for r in range(rounds + 2):  # two warm-up rounds
-        # A rotating order, so that no variant always runs right after the cache-flushing loop code.
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        # A fresh order every round, so that no variant always runs after the same one (the second of
+        # two similar calls finds warm caches and freshly freed buffers of its size).
+        for name in random.Random(r).sample(names, len(names)):
             fn = fns[name]
             if name == "loop" and r >= loop_rounds + 2:
                 continue
@@ -157,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
         "Median wall time of one forward + backward, float32, student and teacher d = 768, each label "
         "positive with probability k/q. Every call gets inputs it has not seen in the previous calls "
         "(a pool of distinct tensors) and allocates a fresh gradient, as a training step does; all "
-        "columns are interleaved call by call in one process, in an order that rotates every round. *loop*: the official objective "
+        "columns are interleaved call by call in one process, in an order drawn afresh every round. *loop*: the official objective "
         "BCE_sum + 10·MLD + 100·CD + 1000·ID written as Python loops over labels and images "
         "(tests/reference_losses.py). *L2DLoss*: `L2DLoss()` with its value checks, which look at the "
         "finished total and read the [N, q, d] inputs only when it is not finite (on the CPU one fused "

@@ -66,17 +66,26 @@ class LabelCrossAttention(nn.Module):
         Returns:
             ``[N, q, d]`` attention output (after the output projection).
         """
-        n, length, d = tokens.shape
-        q = queries.shape[0]
+        return self.attend(queries, *self.keys_values(tokens))
+
+    def keys_values(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """The tokens' keys and values, ``[N, h, L, dh]`` each (computed once for all label chunks)."""
+        n, length, _ = tokens.shape
         h, dh = self.num_heads, self.head_dim
+        key = self.k_proj(tokens).view(n, length, h, dh).transpose(1, 2)
+        value = self.v_proj(tokens).view(n, length, h, dh).transpose(1, 2)
+        return key, value
+
+    def attend(self, queries: Tensor, key: Tensor, value: Tensor) -> Tensor:
+        """`forward` from given keys and values: ``[q, d]`` queries -> ``[N, q, d]``."""
+        n, h, _, dh = key.shape
+        q = queries.shape[0]
         # [q, d] -> [1, h, q, dh]; expand is a view, so the projection is paid once, not N times.
         query = self.q_proj(queries).view(q, h, dh).transpose(0, 1).unsqueeze(0).expand(n, h, q, dh)
-        key = self.k_proj(tokens).view(n, length, h, dh).transpose(1, 2)  # [N, h, L, dh]
-        value = self.v_proj(tokens).view(n, length, h, dh).transpose(1, 2)  # [N, h, L, dh]
         out = F.scaled_dot_product_attention(
             query, key, value, dropout_p=self.dropout if self.training else 0.0
         )  # [N, h, q, dh]
-        return self.out_proj(out.transpose(1, 2).reshape(n, q, d))
+        return self.out_proj(out.transpose(1, 2).reshape(n, q, h * dh))
 
 
 class LabelWiseHead(nn.Module):
@@ -93,7 +102,8 @@ class LabelWiseHead(nn.Module):
             if True, they are an `nn.Parameter` trained with the rest of the head. Both are stored
             under the same state-dict key ``queries``, so checkpoints load either way.
         chunk_labels: with more labels than this, the decoder layer runs on chunks of this many
-            labels; under autograd each chunk is recomputed in backward (activation checkpointing),
+            labels (the tokens' keys and values computed once for all of them); under autograd each
+            chunk is recomputed in backward (activation checkpointing),
             so only the chunk's ``[N, chunk, ffn_dim]`` activations are alive at once instead of the
             whole ``[N, q, ffn_dim]`` (5 GiB at q = 9600, N = 8). Values and gradients equal the
             unchunked layer's; in training, dropout draws its masks chunk by chunk. ``None``
@@ -159,21 +169,22 @@ class LabelWiseHead(nn.Module):
             ``[N, q, d]`` label-wise embeddings.
         """
         memory = F.relu(self.token_proj(tokens))  # [N, L, d]
+        key, value = self.cross_attn.keys_values(memory)  # shared by every label chunk
         if self.num_classes <= self.chunk_labels:
-            return self._decode(self.queries, memory)
+            return self._decode(self.queries, key, value)
         parts = []
         for start in range(0, self.num_classes, self.chunk_labels):
             queries = self.queries[start:start + self.chunk_labels]
             if torch.is_grad_enabled():
                 # Keep only the chunk's inputs; its activations are recomputed in backward.
-                parts.append(checkpoint(self._decode, queries, memory, use_reentrant=False))
+                parts.append(checkpoint(self._decode, queries, key, value, use_reentrant=False))
             else:
-                parts.append(self._decode(queries, memory))
+                parts.append(self._decode(queries, key, value))
         return torch.cat(parts, dim=1)
 
-    def _decode(self, queries: Tensor, memory: Tensor) -> Tensor:
-        """The decoder layer for some labels: ``[k, d]`` queries, ``[N, L, d]`` tokens -> ``[N, k, d]``."""
-        x = self.norm1(queries + self.dropout1(self.cross_attn(queries, memory)))  # [N, k, d]
+    def _decode(self, queries: Tensor, key: Tensor, value: Tensor) -> Tensor:
+        """The decoder layer for some labels: ``[k, d]`` queries -> ``[N, k, d]``."""
+        x = self.norm1(queries + self.dropout1(self.cross_attn.attend(queries, key, value)))  # [N, k, d]
         return self.norm2(x + self.dropout2(self.ffn(x)))
 
     def logits(self, embeddings: Tensor) -> Tensor:
