@@ -268,12 +268,25 @@ def test_saturated_logits_give_exact_bce_and_mld(form):
     loss = L.L2DLoss(form=form, lambda_led=0.0)
     a = zs.clone().requires_grad_(True)
     out = loss(ModelOutput(a, es), ModelOutput(zt, et), y)
+    assert node_name(out.total) == "FusedL2DFunctionBackward"
     out.terms["mld"].backward()
+
+    def kl(s, t):  # float64 reference, term by term
+        p = torch.sigmoid(t)
+        return p * (F.logsigmoid(t) - F.logsigmoid(s)) + torch.sigmoid(-t) * (F.logsigmoid(-t) - F.logsigmoid(-s))
+
     s, t = zs.double(), zt.double()
     p = torch.sigmoid(t)
-    kl = (p * (F.logsigmoid(t) - F.logsigmoid(s)) + torch.sigmoid(-t) * (F.logsigmoid(-t) - F.logsigmoid(-s)))
     scale = 10.0 / 4 if form == "paper" else loss.lambda_mld
-    torch.testing.assert_close(out.terms["mld"].double(), kl.sum() * scale, rtol=1e-6, atol=0.0)
+    torch.testing.assert_close(out.terms["mld"].double(), kl(s, t).sum() * scale, rtol=1e-6, atol=0.0)
+    # Large, close logits only: the KL (3.4e-14) is below float32 rounding of the teacher's entropy;
+    # BCE(z^s; p) − BCE(z^t; p) in float32 gives 5.1e-14, the naive log-ratio form NaN.
+    close = torch.tensor([[30.0, 31.0, 35.0, -30.0, -31.0, 40.0]])
+    tiny = loss(ModelOutput(close, torch.randn(1, 6, 3)), ModelOutput(close + 0.5, torch.randn(1, 6, 3)),
+                torch.zeros(1, 6)).terms["mld"]
+    want = kl(close.double(), close.double() + 0.5).sum() * (10.0 if form == "paper" else loss.lambda_mld)
+    assert 0 < want < 1e-12
+    torch.testing.assert_close(tiny.double(), want, rtol=1e-4, atol=0.0)
     bce = (-(y.double() * F.logsigmoid(s) + (1 - y.double()) * F.logsigmoid(-s))).sum()
     torch.testing.assert_close(out.terms["bce"].double(), bce, rtol=1e-6, atol=0.0)
     # The gradient σ(a) − σ(b) is float32 arithmetic near 1: equal to float32 rounding.
