@@ -54,6 +54,8 @@ class RunConfig:
     # else a fresh view every epoch. Also applies without a teacher (vanilla), so a comparison stays fair.
     teacher_views: int | None = None
     cache_limit_gib: float = 2.0  # refuse a teacher cache larger than this (views x images x outputs)
+    teacher_precision: str = "float32"  # float32 | bfloat16: the teacher's forward pass under bf16 autocast
+    compile_teacher: bool = False  # torch.compile the teacher (mlkd.engine.teacher)
     gather_embeddings: bool = False  # DDP: CD/ID see the global batch
     # Optimisation.
     epochs: int = 80
@@ -344,5 +346,7 @@ def validate(cfg: RunConfig) -> None:
         raise ValueError(f"threads must be >= 1 (or unset for the automatic choice), got {cfg.threads}")
     if cfg.teacher_views is not None and cfg.teacher_views < 1:
         raise ValueError(f"teacher_views must be >= 1 (or unset), got {cfg.teacher_views}")
+    if cfg.teacher_precision not in ("float32", "bfloat16"):
+        raise ValueError(f"teacher_precision must be 'float32' or 'bfloat16', got {cfg.teacher_precision!r}")
     if not cfg.cache_limit_gib > 0:
         raise ValueError(f"cache_limit_gib must be > 0, got {cfg.cache_limit_gib}")

@@ -84,11 +84,11 @@ def structure_ref(a: Tensor, b: Tensor) -> Tensor:
 def _structure_fast_ref(a: Tensor, b: Tensor) -> Tensor:
     """H(A, B) for one set with broadcast distances (used in the timed loop baseline)."""
     m = a.shape[0]
-    off = ~torch.eye(m, dtype=torch.bool)
-    da = torch.zeros(m, m, dtype=a.dtype)
+    off = ~torch.eye(m, dtype=torch.bool, device=a.device)
+    da = a.new_zeros(m, m)
     da[off] = ((a.unsqueeze(0) - a.unsqueeze(1)) ** 2).sum(-1)[off].sqrt()
     with torch.no_grad():
-        db = torch.zeros(m, m, dtype=b.dtype)
+        db = b.new_zeros(m, m)
         db[off] = ((b.unsqueeze(0) - b.unsqueeze(1)) ** 2).sum(-1)[off].sqrt()
     mean_a, mean_b = da.sum() / (m * (m - 1)), db.sum() / (m * (m - 1))
     if mean_a.item() == 0 or mean_b.item() == 0:

@@ -291,3 +291,30 @@ def test_saturated_logits_give_exact_bce_and_mld(form):
     torch.testing.assert_close(out.terms["bce"].double(), bce, rtol=1e-6, atol=0.0)
     # The gradient σ(a) − σ(b) is float32 arithmetic near 1: equal to float32 rounding.
     torch.testing.assert_close(a.grad.double(), (torch.sigmoid(s) - p) * scale, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_fused_node_on_cuda_matches_cpu_float64(form, dtype):
+    """On a GPU the node runs too (two host syncs): values and gradients against the CPU float64 node;
+    half-precision inputs (as a model under autocast hands them over) are computed in float32."""
+    zs, zt, es, et, y = make_batch(torch.float64, 1)
+    loss = L.L2DLoss(form=form, temperature=2.0)
+    ref_zs, ref_es = zs.clone().requires_grad_(True), es.clone().requires_grad_(True)
+    ref = loss(ModelOutput(ref_zs, ref_es), ModelOutput(zt, et), y)
+    ref.total.backward()
+    dev = torch.device("cuda")
+    a = zs.to(dev, dtype).requires_grad_(True)
+    b = es.to(dev, dtype).requires_grad_(True)
+    with torch.autocast("cuda", dtype=torch.bfloat16 if dtype == torch.float32 else dtype,
+                        enabled=dtype != torch.float32):
+        out = loss(ModelOutput(a, b), ModelOutput(zt.to(dev, dtype), et.to(dev, dtype)), y.to(dev))
+    out.total.backward()
+    assert node_name(out.total) == "FusedL2DFunctionBackward"
+    assert out.total.dtype == torch.float32 and out.total.device.type == "cuda"
+    # Stated tolerance: float32 arithmetic on inputs rounded to `dtype` (2^-8 relative for bf16).
+    tol = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 3e-3}[dtype]
+    torch.testing.assert_close(out.total.double().cpu(), ref.total, rtol=tol, atol=tol)
+    for got, want in ((a.grad, ref_zs.grad), (b.grad, ref_es.grad)):
+        torch.testing.assert_close(got.double().cpu(), want, rtol=tol, atol=tol * float(want.abs().max()))

@@ -258,3 +258,33 @@ def test_resume_with_augmentation_cache_and_workers_is_exact(data_root, teacher,
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert resumed.metrics["mAP"] == straight.metrics["mAP"]
+
+
+def test_cli_runs_a_bfloat16_teacher_and_caches_it_apart(data_root, teacher, tmp_path, monkeypatch):
+    from mlkd.cli import main
+
+    calls = {"teacher_images": [], "steps": []}
+    _record_teacher(monkeypatch, calls)
+    args = ["distill", "--teacher", str(teacher), "--teacher-precision", "bfloat16", "--dataset", "fashion_mosaic",
+            "--data-root", str(data_root), "--dataset-option", "num_mosaics=40", "--img-size", "32",
+            "--batch-size", "16", "--epochs", "1", "--model", "tiny_cnn", "--device", "cpu", "--quiet", "--method",
+            "l2d", *[f"--model-option={k}={v}" for k, v in HEAD.items()], "--output", str(tmp_path / "bf16")]
+    assert main(args) == 0
+    assert calls["model"].inference_settings["precision"] == "bfloat16"
+    assert load_checkpoint(tmp_path / "bf16" / "last.pt")["config"]["teacher_precision"] == "bfloat16"
+    # What the distiller got: float32 outputs of a bf16 forward pass (not bit-equal to float32 ones).
+    images, _, _, out = calls["steps"][0]
+    assert out.logits.dtype == torch.float32 and out.label_embeddings.dtype == torch.float32
+    with torch.no_grad():
+        plain = calls["model"](calls["norm"](images))
+    assert not torch.equal(out.logits, plain.logits)
+    torch.testing.assert_close(out.logits, plain.logits, rtol=2e-2, atol=2e-2 * float(plain.logits.abs().max()))
+    # The teacher cache keeps outputs of different precisions apart.
+    cfg = make_config(None, **run_config(data_root, tmp_path / "k", teacher=str(teacher)))
+    keys = {trainer_module._cache_key(make_config(cfg, teacher_precision=p), 1) for p in ("float32", "bfloat16")}
+    assert len(keys) == 2
+
+
+def test_unknown_teacher_precision_in_a_config_is_refused(data_root, teacher, tmp_path):
+    with pytest.raises(ValueError, match="teacher_precision must be 'float32' or 'bfloat16'"):
+        mlkd.distill(**run_config(data_root, tmp_path / "bad", teacher=str(teacher), teacher_precision="half"))

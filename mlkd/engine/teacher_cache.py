@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from mlkd.data.views import AugmentedViews, FixedView
 from mlkd.engine.logging import progress
+from mlkd.engine.teacher import run_teacher
 from mlkd.outputs import ModelOutput
 
 log = logging.getLogger("mlkd")
@@ -195,6 +196,6 @@ def fill_view(cache: TeacherCache, teacher: nn.Module, norm: nn.Module, data: Au
                         pin_memory=device.type == "cuda", generator=torch.Generator())
     for images, index in progress(loader, len(loader), f"teacher, view {view}", show):
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            out = teacher(norm(images.to(device, non_blocking=True)))
+            out = run_teacher(teacher, norm(images.to(device, non_blocking=True)))
         cache.put(view, index, out)
     return len(order)

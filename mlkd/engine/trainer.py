@@ -24,12 +24,13 @@ from mlkd.config import RunConfig, default_lr_and_reason, load_yaml, resume_comp
 from mlkd.data import build_loader, build_transforms, create_dataset
 from mlkd.data.views import AugmentedViews
 from mlkd.engine import distributed as ddp
-from mlkd.engine.checkpoint import load_checkpoint, model_from_checkpoint, rng_state, save_checkpoint, set_rng_state
+from mlkd.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from mlkd.engine.evaluate import ModelInput, compute_metrics, eval_loader, predict, save_scores
 from mlkd.engine.preflight import check_run
 from mlkd.engine.logging import RunLogger, plot_learning_curves, progress
 from mlkd.engine.run_folder import RunFolder, foreign_entries
 from mlkd.engine.summary import summarize_run
+from mlkd.engine.teacher import load_teacher, run_teacher
 from mlkd.engine.teacher_cache import DEFAULT_VIEWS, TeacherCache, fill_view, shared_cache
 from mlkd.engine.threads import set_threads
 from mlkd.files import atomic_write_text
@@ -145,7 +146,8 @@ def _run(cfg: RunConfig, info: ddp.DistInfo, device: torch.device, out_dir: Path
             log.info("--gather-embeddings has no effect in a single process")
     teacher, teacher_input = None, ModelInput()
     if distiller.requires_teacher:
-        teacher, teacher_input = load_teacher(cfg.teacher, classes, device)
+        teacher, teacher_input = load_teacher(cfg.teacher, classes, device, precision=cfg.teacher_precision,
+                                              compile=cfg.compile_teacher)
     elif cfg.teacher:
         log.warning("method %r uses no teacher; ignoring --teacher %s", cfg.method, cfg.teacher)
     torch.manual_seed(cfg.seed)  # the student's initialisation depends on the seed alone
@@ -161,7 +163,7 @@ def _run(cfg: RunConfig, info: ddp.DistInfo, device: torch.device, out_dir: Path
     with torch.no_grad():
         student.eval()
         s_sample = student(student_input.to(device)(sample))
-        t_sample = teacher(teacher_input(sample)) if teacher is not None else None
+        t_sample = run_teacher(teacher, teacher_input(sample)) if teacher is not None else None
         student.train()
     distiller.build(s_sample, t_sample)
     distiller.to(device)
@@ -332,7 +334,7 @@ def teacher_outputs(teacher: nn.Module | None, norm: ModelInput, images: Tensor,
     if teacher is None:
         return None
     if cache is None:
-        out = teacher(norm(images))
+        out = run_teacher(teacher, norm(images))
         # The cache hands back contiguous copies, and a loss's rounding can depend on the memory layout
         # of its inputs (a model's logits are often a transposed view): the same layout both ways keeps
         # a cached run bit-identical to an uncached one.
@@ -362,7 +364,7 @@ def _cache_key(cfg: RunConfig, views: int) -> tuple:
     path = Path(cfg.teacher).resolve()
     return (str(path), path.stat().st_mtime_ns, cfg.dataset, cfg.data_root, repr(sorted(cfg.dataset_options.items())),
             cfg.train_split, cfg.val_split, cfg.val_fraction, cfg.img_size, cfg.augment, views,
-            cfg.amp and cfg.amp_dtype)
+            cfg.amp and cfg.amp_dtype, cfg.teacher_precision, cfg.compile_teacher)
 
 
 def build_optimizer(module: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -403,36 +405,6 @@ def build_datasets(cfg: RunConfig) -> tuple[Dataset, Dataset, Dataset]:
 def _with_classes(subset: Subset, classes: list[str]) -> Subset:
     subset.classes = list(classes)
     return subset
-
-
-def load_teacher(path: str | None, classes: list[str], device: torch.device, *,
-                 channels_last: bool = True) -> tuple[nn.Module, ModelInput]:
-    """The frozen teacher from its checkpoint: eval mode, no gradient, classes checked.
-
-    The teacher sees each batch at the resolution and normalisation it was trained with. With
-    ``channels_last`` (default) it runs in NHWC memory format, oneDNN's and cuDNN's preferred layout:
-    1.5× faster for the demo teacher on the CPU, outputs equal to float rounding (docs/benchmarks.md,
-    teacher_speed); ``teacher.inference_settings`` records the setting.
-    """
-    if not path:
-        raise ValueError("this method distils from a teacher: pass --teacher PATH (a best.pt written by mlkd train)")
-    teacher, state = model_from_checkpoint(path)
-    if list(state["classes"]) != list(classes):
-        raise ValueError(f"teacher {path} was trained on classes {state['classes']}, but the data set has "
-                         f"{classes}; train a teacher on this data set first")
-    teacher.requires_grad_(False)
-    size = (state.get("config") or {}).get("img_size")
-    teacher = teacher.to(device).eval()
-    teacher.inference_settings = {"channels_last": bool(channels_last)}
-    if channels_last:
-        teacher.to(memory_format=torch.channels_last)
-        teacher.register_forward_pre_hook(_to_channels_last)
-    return teacher, ModelInput.from_stats(state.get("input_norm"), size).to(device)
-
-
-def _to_channels_last(module: nn.Module, args: tuple) -> tuple:
-    """Forward pre-hook: the image batch in NHWC memory format (same values, another layout)."""
-    return (args[0].contiguous(memory_format=torch.channels_last), *args[1:])
 
 
 def _student_input(cfg: RunConfig, student: nn.Module) -> ModelInput:

@@ -7,8 +7,8 @@ same pairs, other weights and mean normalisers; see `host_pair_plan`), computed 
 sizes the terms cost about as much in per-operation overhead as in data, so the node keeps the
 operations on large tensors to the few that must touch them and does the rest on the host:
 
-- **index structures on the host.** The label mask is read once as a NumPy array (free on the CPU,
-  where alone it runs: `L2DLoss` keeps CUDA tensors on the general path) and every index
+- **index structures on the host.** The label mask is read once as a NumPy array (a view on the CPU,
+  one small copy from a GPU) and every index
   the terms need is built there (`host_pair_plan`): the positives of each CD set (label) and ID set
   (image), every unordered pair of members of each set (CD's pairs first, then ID's), the set of each
   pair, the number of pairs of each set and each pair's weight ``λ·2/m`` (H's ``1/m`` over the two
@@ -34,12 +34,16 @@ operations on large tensors to the few that must touch them and does the rest on
   That replaces a zeroed buffer plus ``index_add_`` of the rows, which is slow on the CPU when many
   pairs share a row (large CD sets).
 
+On a GPU the same code runs: the ``[N, q]`` values and the ``[pairs]`` norms each reach the host in one
+copy (`_to_host`), and what the host computes goes back in one copy per tensor (`_to_device`). There the
+node replaces the general path's ~185 kernel launches per call (docs/benchmarks.md, GPU section).
+
 The node returns the total and the four weighted terms; the backward pass accepts gradients on any of
 them (data-parallel training back-propagates the terms with different scales).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -80,6 +84,13 @@ class PairPlan:
     pair_weight: np.ndarray
     mean_count: np.ndarray
     inv_count: np.ndarray
+
+    def to(self, device: torch.device) -> "PairPlan":
+        """The plan with its tensors on ``device`` (the arrays stay on the host)."""
+        if self.ends.device == device:
+            return self
+        return replace(self, ends=self.ends.to(device), end_pair=self.end_pair.to(device),
+                       row_offsets=self.row_offsets.to(device), end_sign=self.end_sign.to(device))
 
 
 def host_pair_plan(mask: np.ndarray, weight_cd: float, weight_id: float, dtype: torch.dtype,
@@ -149,7 +160,9 @@ class FusedL2DFunction(torch.autograd.Function):
 
     Inputs: student logits ``zs`` ``[N, q]`` and embeddings ``es`` ``[N, q, d]`` (differentiable),
     teacher logits and embeddings (constants; the teacher's ``d`` may differ), ``y`` the float labels,
-    the `PairPlan` of the labels, and ``(bce_weight, λ_MLD, τ)``. CPU float32/float64 tensors only.
+    the `PairPlan` of the labels (its tensors on the inputs' device), and ``(bce_weight, λ_MLD, τ)``.
+    float32/float64 tensors, all of one dtype and on one device: on a GPU the ``[N, q]`` values and
+    the ``[pairs]`` norms each reach the host in one copy (two syncs in all), the rest as on the CPU.
     Not twice differentiable.
     """
 
@@ -167,19 +180,20 @@ class FusedL2DFunction(torch.autograd.Function):
         need_z, need_e = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         bce_weight, lambda_mld, tau = weights
         n, q = zs.shape
-        dtype = zs.dtype
+        dtype, dev = zs.dtype, zs.device
 
         # BCE and MLD in NumPy on zero-copy views ([N, q] is small: per-operation cost dominates).
         zs_t, zt_t = (zs, zt) if tau == 1.0 else (zs / tau, zt / tau)
-        a, b, labels = zs_t.numpy(), zt_t.numpy(), y.numpy()
+        # σ(z^t/τ), and 1 − σ(z^t/τ) without cancellation; σ(z^s/τ) and σ(z^s) for the logits' gradient.
+        logit_parts = [zs_t, zt_t, y, torch.sigmoid(zt_t), torch.sigmoid(zt_t.neg()), zs]
+        if need_z:
+            logit_parts += [torch.sigmoid(zs_t), torch.sigmoid(zs)] if tau != 1.0 else [torch.sigmoid(zs_t)]
+        a, b, labels, p_t, q_t, plain, *sig_s = _to_host(logit_parts)
         (min_s, max_s, log_s), (min_t, max_t, log_t) = _logit_parts(a), _logit_parts(b)
-        p_t = torch.sigmoid(zt_t).numpy()  # σ(z^t/τ)
-        q_t = torch.sigmoid(zt_t.neg()).numpy()  # 1 − σ(z^t/τ), without cancellation
         # KL per logit: p·(log p − log σ(a)) + (1 − p)·(log(1 − p) − log(1 − σ(a))) with
         # log σ(z) = min(z, 0) − log1p(e^{−|z|}) and log(1 − σ(z)) = −max(z, 0) − log1p(e^{−|z|}).
         kl = p_t * (min_t - min_s) + q_t * (max_s - max_t) + (log_s - log_t)
         mld = float(kl.sum(dtype=np.float64)) * (lambda_mld * tau * tau / n)
-        plain = zs.numpy()
         _, max_p, log_p = (None, max_s, log_s) if tau == 1.0 else _logit_parts(plain)
         bce = float((max_p + log_p - labels * plain).sum(dtype=np.float64)) * bce_weight  # log(1 + e^z) − y·z
 
@@ -190,10 +204,10 @@ class FusedL2DFunction(torch.autograd.Function):
         if n_pairs > 0:
             bags = _difference_bags(plan.ends, dtype)
             diff_t = F.embedding_bag(plan.ends, et.reshape(n * q, -1), bags[1], mode="sum", per_sample_weights=bags[2])
-            dist_t = torch.linalg.vector_norm(diff_t, dim=1).numpy()
+            norm_t = torch.linalg.vector_norm(diff_t, dim=1)
             del diff_t  # its memory serves the student's differences next
             diff = F.embedding_bag(plan.ends, es.reshape(n * q, -1), bags[1], mode="sum", per_sample_weights=bags[2])
-            dist_s = torch.linalg.vector_norm(diff, dim=1).numpy()
+            dist_s, dist_t = _to_host([torch.linalg.vector_norm(diff, dim=1), norm_t])
             pair_set, pair_weight, n_cd = plan.pair_set, plan.pair_weight, plan.n_cd
             sums_s = np.bincount(pair_set, weights=dist_s, minlength=q + n)
             sums_t = np.bincount(pair_set, weights=dist_t, minlength=q + n)
@@ -216,25 +230,24 @@ class FusedL2DFunction(torch.autograd.Function):
                 scale = np.where(dist_s == 0, 0.0, inv_s / dist_s)  # a zero distance gets gradient 0
                 coef = (g_hat - centre[pair_set]) * scale
                 # coef_p·diff_p, over diff: added at the first end of pair p and subtracted at the second.
-                scaled = diff.mul_(torch.from_numpy(coef.astype(_NUMPY_FLOAT[dtype])).unsqueeze(1))
+                scaled = diff.mul_(_to_device(coef, dtype, dev).unsqueeze(1))
 
         ctx.shape, ctx.dtype, ctx.plan = es.shape, dtype, plan
         grad_bce = grad_mld = None
         if need_z:
             # Per unit output gradient: ∂BCE/∂z = σ(z) − y; ∂MLD/∂z = τ/N · (σ(z/τ) − σ(z^t/τ)).
-            s_tau = torch.sigmoid(zs_t).numpy()
-            s_s = s_tau if tau == 1.0 else torch.sigmoid(zs).numpy()
-            grad_bce = torch.from_numpy((s_s - labels) * bce_weight if bce_weight != 1.0 else s_s - labels)
-            grad_mld = torch.from_numpy((s_tau - p_t) * (lambda_mld * tau / n))
+            s_tau, s_s = sig_s if tau != 1.0 else (sig_s[0], sig_s[0])
+            grad_bce = _to_device((s_s - labels) * bce_weight if bce_weight != 1.0 else s_s - labels, dtype, dev)
+            grad_mld = _to_device((s_tau - p_t) * (lambda_mld * tau / n), dtype, dev)
         # Intermediates, saved so that they are freed once the backward pass has run.
         ctx.save_for_backward(grad_bce, grad_mld, scaled)
         values = (bce + mld + cd + id_, bce, mld, cd, id_)
-        return tuple(torch.tensor(v, dtype=dtype) for v in values)
+        return tuple(torch.tensor(v, dtype=dtype, device=dev) for v in values)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g_total, g_bce, g_mld, g_cd, g_id):
-        # CPU tensors only: the 0-dim output gradients are read as numbers, no device sync.
+        # The 0-dim output gradients are read as numbers (no sync on the CPU; one small one on a GPU).
         def coefficient(g_term) -> float | None:
             given = [float(g) for g in (g_total, g_term) if g is not None]
             return sum(given) if given else None
@@ -244,6 +257,22 @@ class FusedL2DFunction(torch.autograd.Function):
         grad_z = _combine(grad_bce, c_bce, grad_mld, c_mld) if ctx.needs_input_grad[0] else None
         grad_e = _embedding_grad(ctx, scaled, c_cd, c_id) if ctx.needs_input_grad[1] else None
         return grad_z, grad_e, None, None, None, None, None
+
+
+def _to_host(tensors: list[Tensor]) -> list[np.ndarray]:
+    """NumPy arrays of tensors of one dtype and device: zero-copy views of CPU tensors; GPU tensors
+    reach the host in one device-to-host copy (one sync, however many tensors)."""
+    if tensors[0].device.type == "cpu":
+        return [t.numpy() for t in tensors]
+    flat = torch.cat([t.reshape(-1) for t in tensors]).cpu().numpy()
+    pieces = np.split(flat, np.cumsum([t.numel() for t in tensors])[:-1])
+    return [piece.reshape(t.shape) for piece, t in zip(pieces, tensors)]
+
+
+def _to_device(values: np.ndarray, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``values`` as a tensor of ``dtype`` on ``device`` (a view of the array when nothing changes)."""
+    t = torch.from_numpy(np.asarray(values, dtype=_NUMPY_FLOAT[dtype]))
+    return t if device.type == "cpu" else t.to(device)
 
 
 def _logit_parts(z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -272,7 +301,7 @@ def _embedding_grad(ctx, scaled: Tensor | None, c_cd: float | None, c_id: float 
         return None
     plan = ctx.plan
     if plan.n_pairs == 0:
-        return torch.zeros(ctx.shape, dtype=ctx.dtype)
+        return torch.zeros(ctx.shape, dtype=ctx.dtype, device=ctx.plan.ends.device)
     c_cd, c_id = c_cd or 0.0, c_id or 0.0
     signs = plan.end_sign
     if c_cd == c_id:

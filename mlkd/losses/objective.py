@@ -235,9 +235,10 @@ class L2DLoss(_Objective):
     def forward(self, student: ModelOutput, teacher: ModelOutput | None, targets: Tensor) -> LossOutput:
         """Compute the objective (see `_Objective.forward`).
 
-        Both forms run as one autograd node (`fused_l2d`) when the inputs are plain float32/float64
-        CPU tensors without autocast and the embeddings are not gathered across processes; anything
-        else (and any input that fails a shape check, so that the error is the usual one) takes the
+        Both forms run as one autograd node (`fused_l2d`) when the embeddings are not gathered across
+        processes and the inputs are float32/float64 CPU tensors without autocast, or CUDA tensors of
+        any float dtype (half precision is computed in float32, as on the general path); anything else
+        (and any input that fails a shape check, so that the error is the usual one) takes the
         general path.
         """
         if self.embedding_gather is None:
@@ -259,20 +260,30 @@ class L2DLoss(_Objective):
         zs, es, zt, et = student.logits, student.label_embeddings, teacher.logits, teacher.label_embeddings
         if not all(isinstance(t, Tensor) for t in (zs, es, zt, et, targets)):
             return None
-        dtype, dev = zs.dtype, zs.device
-        # CPU only: on a GPU the host-built pair plan costs a device-to-host copy of the labels each
-        # step, and the fused node has not been run on CUDA yet (benchmarks/gpu_check.py checks the
-        # general path there); until it has, CUDA keeps the general path.
-        if (dev.type != "cpu" or dtype not in _NUMPY_FLOAT or any(t.dtype != dtype or t.device != dev for t in (es, zt, et))
-                or targets.device != dev or zs.dim() != 2 or es.dim() != 3 or et.dim() != 3
-                or zs.numel() == 0 or es.numel() == 0 or et.numel() == 0):
+        dev = zs.device
+        if (dev.type not in ("cpu", "cuda") or any(t.device != dev for t in (es, zt, et, targets))
+                or zs.dim() != 2 or es.dim() != 3 or et.dim() != 3 or zs.numel() == 0 or es.numel() == 0
+                or et.numel() == 0):
             return None
         n, q = zs.shape
         if (zt.shape != zs.shape or es.shape[:2] != (n, q) or et.shape[:2] != (n, q) or targets.shape != (n, q)
-                or targets.dtype in (torch.bfloat16, torch.complex64, torch.complex128)
-                or torch.is_autocast_enabled(dev.type)):
+                or targets.dtype in (torch.bfloat16, torch.complex64, torch.complex128)):
             return None
-        labels = targets.detach().numpy()  # a view: CPU tensors only (above)
+        if dev.type == "cpu":
+            # On the CPU half precision stays on the general path, which converts only the member rows.
+            dtype = zs.dtype
+            if (dtype not in _NUMPY_FLOAT or any(t.dtype != dtype for t in (es, zt, et))
+                    or torch.is_autocast_enabled("cpu")):
+                return None
+        else:
+            # On a GPU the node's few kernels and two syncs replace the general path's ~180 kernel
+            # launches (docs/benchmarks.md, gpu section); half precision is computed in float32.
+            if not all(t.is_floating_point() for t in (zs, es, zt, et)):
+                return None
+            dtype = torch.float64 if torch.float64 in (zs.dtype, es.dtype, zt.dtype, et.dtype) else torch.float32
+            zs, es, zt, et = (t.to(dtype) for t in (zs, es, zt, et))
+        # The labels on the host: a view on the CPU, one small copy (a sync) from a GPU.
+        labels = targets.detach().cpu().numpy()
         mask = labels if labels.dtype == np.bool_ else labels != 0
         if self.validate and labels.dtype != np.bool_ and not np.array_equal(mask, labels):
             check_targets(targets, n, q, "student.logits", True)  # raises, naming the bad value
@@ -289,11 +300,13 @@ class L2DLoss(_Objective):
             # and N folded into the weights that the node applies to the paper-form sums.
             units = n * q / max(int(np.count_nonzero(mask)), 1)
             weight_cd, weight_id, lambda_mld = weight_cd * units, weight_id * units, lambda_mld * n
-        plan = host_pair_plan(mask, weight_cd, weight_id, dtype, balanced)
+        plan = host_pair_plan(mask, weight_cd, weight_id, dtype, balanced).to(dev)
         weights = (self.bce_weight, lambda_mld, self.temperature)
 
         def run(es: Tensor, et: Tensor) -> LossOutput:
-            total, bce, mld, cd, id_ = FusedL2DFunction.apply(zs, es, zt.detach(), et.detach(), y, plan, weights)
+            with torch.autocast(dev.type, enabled=False):  # the node computes in `dtype` throughout
+                total, bce, mld, cd, id_ = FusedL2DFunction.apply(zs, es.to(dtype), zt.detach(), et.detach().to(dtype),
+                                                                  y, plan, weights)
             return LossOutput(total=total, terms={"bce": bce, "mld": mld, "cd": cd, "id": id_})
 
         out = run(es, et)
