@@ -365,8 +365,9 @@ def end_to_end(out: Path) -> dict:
         r = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=240)
         results[name] = {"returncode": r.returncode, "seconds": round(time.perf_counter() - t0, 1),
                          "tail": (r.stdout + r.stderr)[-600:]}
-        if r.returncode == 0 and (out / name / "metrics.json").exists():
-            results[name]["mAP"] = json.loads((out / name / "metrics.json").read_text())["mAP"]
+        metrics = out / "runs" / name / "metrics.json"  # each run's --output is runs/<name>
+        if r.returncode == 0 and metrics.exists():
+            results[name]["mAP"] = json.loads(metrics.read_text())["mAP"]
 
     runs = out / "runs"
     run("teacher", "-m", "mlkd", "train", *common, "--epochs", "3", "--output", str(runs / "teacher"))
