@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
-from mlkd.config import RunConfig, load_yaml, make_config
+from mlkd.config import TEACHER_PRECISIONS, RunConfig, load_yaml, make_config
 from mlkd.data.custom_csv import FORMAT_SUMMARY
 
 log = logging.getLogger("mlkd")
@@ -132,7 +132,7 @@ def _add_distill_options(p: argparse.ArgumentParser, teacher_required: bool = Tr
                         "augmentation, else a fresh view every epoch)")
     g.add_argument("--cache-limit-gib", dest="cache_limit_gib", type=float,
                    help="largest teacher cache allowed, in GiB (default 2)")
-    g.add_argument("--teacher-precision", dest="teacher_precision", choices=["float32", "bfloat16"],
+    g.add_argument("--teacher-precision", dest="teacher_precision", choices=TEACHER_PRECISIONS,
                    help="run the teacher's forward pass in bfloat16 autocast (faster; outputs within about 0.5 %%) "
                         "even when the student trains in float32 (default float32)")
     g.add_argument("--compile-teacher", dest="compile_teacher", action="store_true", default=None,

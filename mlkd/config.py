@@ -17,6 +17,9 @@ from typing import Any
 
 import yaml
 
+# The teacher's forward-pass precisions (`mlkd.engine.teacher`): --teacher-precision.
+TEACHER_PRECISIONS = ("float32", "bfloat16")
+
 
 @dataclass
 class RunConfig:
@@ -346,7 +349,8 @@ def validate(cfg: RunConfig) -> None:
         raise ValueError(f"threads must be >= 1 (or unset for the automatic choice), got {cfg.threads}")
     if cfg.teacher_views is not None and cfg.teacher_views < 1:
         raise ValueError(f"teacher_views must be >= 1 (or unset), got {cfg.teacher_views}")
-    if cfg.teacher_precision not in ("float32", "bfloat16"):
-        raise ValueError(f"teacher_precision must be 'float32' or 'bfloat16', got {cfg.teacher_precision!r}")
+    if cfg.teacher_precision not in TEACHER_PRECISIONS:
+        raise ValueError(f"teacher_precision must be one of {', '.join(map(repr, TEACHER_PRECISIONS))}, "
+                         f"got {cfg.teacher_precision!r}")
     if not cfg.cache_limit_gib > 0:
         raise ValueError(f"cache_limit_gib must be > 0, got {cfg.cache_limit_gib}")

@@ -286,5 +286,5 @@ def test_cli_runs_a_bfloat16_teacher_and_caches_it_apart(data_root, teacher, tmp
 
 
 def test_unknown_teacher_precision_in_a_config_is_refused(data_root, teacher, tmp_path):
-    with pytest.raises(ValueError, match="teacher_precision must be 'float32' or 'bfloat16'"):
+    with pytest.raises(ValueError, match="teacher_precision must be one of 'float32', 'bfloat16', got 'half'"):
         mlkd.distill(**run_config(data_root, tmp_path / "bad", teacher=str(teacher), teacher_precision="half"))

@@ -19,12 +19,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from mlkd.config import TEACHER_PRECISIONS
 from mlkd.engine.checkpoint import model_from_checkpoint
 from mlkd.engine.evaluate import ModelInput
 from mlkd.outputs import ModelOutput
-
-TEACHER_PRECISIONS = ("float32", "bfloat16")
-
 
 def load_teacher(path: str | None, classes: list[str], device: torch.device, *, channels_last: bool = True,
                  precision: str = "float32", compile: bool = False) -> tuple[nn.Module, ModelInput]:
