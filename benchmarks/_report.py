@@ -29,11 +29,21 @@ def machine_line() -> str:
             f"{torch.get_num_threads()} threads, Python {platform.python_version()}.")
 
 
-def write_results(output: Path, stem: str, data, markdown: str) -> None:
-    """Write a benchmark's results as ``OUTPUT/STEM.json`` and its table as ``OUTPUT/STEM.md``."""
+def publish_results(output: Path, stem: str, data, markdown: str) -> None:
+    """Write a benchmark's results as ``OUTPUT/STEM.json`` and its table as ``OUTPUT/STEM.md``, and print
+    the table."""
     output.mkdir(parents=True, exist_ok=True)
     (output / f"{stem}.json").write_text(json.dumps(data, indent=2))
     (output / f"{stem}.md").write_text(markdown)
+    print(markdown)
+
+
+def publish(name: str, lines: list[str], write: bool) -> None:
+    """Print a benchmark's section (its lines joined) and, if ``write``, store it as section ``name``."""
+    text = "\n".join(lines)
+    print(text)
+    if write:
+        write_section(name, text)
 
 
 def write_section(name: str, markdown: str, doc: Path = DOC) -> None:

@@ -4,12 +4,13 @@
                                   [--output runs/accuracy] [--quick]
     python benchmarks/accuracy.py --list
 
-SETTING is a file of ``mlkd/configs/suite/`` (``demo``, ``sparse``, ``clutter``, ``many_labels``,
-``lowres``; docs/results.md, "The accuracy suite", says what each tests). The script trains the setting's
-teacher into ``OUTPUT/SETTING/teacher`` (or reuses it when that folder holds a finished teacher of the
-same configuration; an interrupted one resumes), runs `mlkd.bench.compare` for the students into
-``OUTPUT/SETTING/students``, and writes ``OUTPUT/SETTING/results.md`` and ``results.json``: the
-validation mAP of teacher and students (what settings are chosen on), then the test comparison.
+SETTING is a file of ``mlkd/configs/suite/`` (``quadrants``, ``sparse``, ``clutter``, ``many_labels``,
+``lowres``; ``clutter`` is what ``mlkd demo`` runs; docs/results.md, "The accuracy suite", says what
+each tests). The script trains the setting's teacher into ``OUTPUT/SETTING/teacher`` (or reuses it
+when that folder holds a finished teacher of the same configuration; an interrupted one resumes), runs
+`mlkd.bench.compare` for the students into ``OUTPUT/SETTING/students``, and writes
+``OUTPUT/SETTING/results.md`` and ``results.json``: the validation mAP of teacher and students (what
+settings are chosen on), then the test comparison.
 
 A setting file holds the sections ``common``, ``teacher`` and ``student`` (RunConfig fields; the teacher
 and student runs are ``common`` updated by their section) and ``methods`` (a list of ``{label, method,
@@ -85,8 +86,8 @@ def _read(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
 def _read_parent(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     if path.parent == SUITE_DIR.resolve():
         return _read(path, chain)
-    # A file outside the suite (mlkd/configs/demo.yaml): only its sections and methods count, not the
-    # keys the suite does not use (`quick`, `seeds`).
+    # A file outside the suite (such as mlkd/configs/demo.yaml): only its sections and methods count,
+    # not the keys the suite does not use (`quick`, `seeds`, `figures`).
     data = yaml.safe_load(path.read_text()) or {}
     return {k: v for k, v in data.items() if k in TOP_KEYS}
 

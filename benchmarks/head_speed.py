@@ -86,7 +86,7 @@ def main() -> None:
         print(json.dumps(measure(args.one, args.repeats, args.chunk)))
         return
 
-    from _report import machine_line, write_section  # benchmarks/ is on sys.path when run by path
+    from _report import machine_line, publish  # benchmarks/ is on sys.path when run by path
 
     load_before = os.getloadavg()[0]
     rows = []
@@ -122,10 +122,7 @@ def main() -> None:
     lines += ["", machine_line(),
               f"1-minute load average before / after the runs: {load_before:.2f} / {os.getloadavg()[0]:.2f}.",
               "", "Command: `python benchmarks/head_speed.py`"]
-    table = "\n".join(lines)
-    print(table)
-    if not args.no_write:
-        write_section("head_speed", table)
+    publish("head_speed", lines, write=not args.no_write)
 
 
 if __name__ == "__main__":

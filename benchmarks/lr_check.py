@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import accuracy  # noqa: E402
-from _report import write_results  # noqa: E402
+from _report import publish_results  # noqa: E402
 
 from mlkd.config import RunConfig, make_config  # noqa: E402
 from mlkd.engine.trainer import RunResult, fit  # noqa: E402
@@ -75,9 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     rates = [float(r) for r in args.rates.split(",")]
     output = Path(args.output)
     results = {name: check_setting(name, rates, args.seed, output) for name in args.settings.split(",")}
-    text = markdown(results, rates)
-    write_results(output, "lr_check", results, text)
-    print(text)
+    publish_results(output, "lr_check", results, markdown(results, rates))
     return 0
 
 

@@ -9,7 +9,7 @@ runs (seed 0) for each case, number of epochs and rate, and reports validation m
 the rule picks for that schedule. Cases (from the accuracy suite's settings):
 
 - ``lowres``: the `lowres` setting's student (56 px, head d = 64);
-- ``teacher``: the `demo` setting's teacher recipe (112 px, head d = 128);
+- ``teacher``: the `quadrants` setting's teacher recipe (112 px, head d = 128);
 - ``clutter_lite0``: the `clutter` setting's student with Lite0 ImageNet weights instead of `tiny_cnn`
   (64 px); it was not run while the threshold was chosen (docs/results.md).
 
@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import accuracy  # noqa: E402
-from _report import write_results  # noqa: E402
+from _report import publish_results  # noqa: E402
 from lr_check import vanilla_run  # noqa: E402
 
 from mlkd.config import RunConfig, default_lr, make_config  # noqa: E402
@@ -40,7 +40,7 @@ def base_config(case: str) -> RunConfig:
     if case == "lowres":
         return accuracy.run_configs(accuracy.load_setting("lowres"))[1]
     if case == "teacher":
-        return accuracy.run_configs(accuracy.load_setting("demo"))[0]
+        return accuracy.run_configs(accuracy.load_setting("quadrants"))[0]
     if case == "clutter_lite0":
         student = accuracy.run_configs(accuracy.load_setting("clutter"))[1]
         return make_config({**student.to_dict(), "model": "tf_efficientnet_lite0", "weights": "efficientnet-lite0"})
@@ -84,9 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     for part in args.cases.split(";"):
         case, _, epochs = part.partition(":")
         rows += [run_case(case, int(e), rates, output) for e in epochs.split(",")]
-    text = markdown(rows, rates)
-    write_results(output, "lr_schedule", rows, text)
-    print(text)
+    publish_results(output, "lr_schedule", rows, markdown(rows, rates))
     return 0
 
 

@@ -31,11 +31,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _report import machine_line, write_section  # noqa: E402
+from _report import machine_line, publish  # noqa: E402
+from _setup import STUDENT_SIZE, TEACHER_SIZE, demo_student, demo_teacher  # noqa: E402
 
 from mlkd.losses import L2DLoss, create_distiller  # noqa: E402
 from mlkd.losses.objective import _Objective  # noqa: E402
-from mlkd.models import create_model  # noqa: E402
 
 
 def main() -> None:
@@ -44,9 +44,8 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     torch.manual_seed(0)
-    teacher = create_model("tf_efficientnet_lite0", 10, embed_dim=128, num_heads=4, ffn_dim=256, img_size=112)
-    teacher = teacher.eval().requires_grad_(False)
-    student = create_model("tiny_cnn", 10, embed_dim=64, num_heads=4, ffn_dim=128, img_size=56).train()
+    teacher = demo_teacher(10, img_size=TEACHER_SIZE).eval().requires_grad_(False)
+    student = demo_student(10, img_size=STUDENT_SIZE).train()
     optimizer = torch.optim.Adam(student.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(0)
     batches = [(torch.rand(64, 3, 112, 112, generator=g), (torch.rand(64, 10, generator=g) < 0.35).float())
@@ -107,10 +106,7 @@ def main() -> None:
         lines.append(f"| {name} | {ms[name]:.1f} | {extra:.2f} | {100 * extra / ms[name]:.1f} % | "
                      f"{100 * extra / (ms[name] + teacher_ms):.1f} % |")
     lines += ["", machine_line()]
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_write:
-        write_section("step_share", text)
+    publish("step_share", lines, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,7 @@ teacher checkpoint here holds a randomly initialised model.
 """
 from __future__ import annotations
 
-import argparse
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,45 +19,27 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _report import machine_line, write_section  # noqa: E402
+from _report import machine_line, publish  # noqa: E402
+from _setup import (demo_classes, demo_distill_config, demo_run_parser, demo_teacher, scratch_folder,  # noqa: E402
+                    teacher_checkpoint)
 
 from mlkd.config import make_config  # noqa: E402
-from mlkd.data import create_dataset  # noqa: E402
-from mlkd.engine.checkpoint import save_checkpoint  # noqa: E402
 from mlkd.engine.trainer import fit  # noqa: E402
-from mlkd.models import create_model  # noqa: E402
-
-
-def teacher_checkpoint(path: Path, classes: list[str], img_size: int) -> Path:
-    torch.manual_seed(0)
-    model = create_model("tf_efficientnet_lite0", len(classes), embed_dim=128, num_heads=4, ffn_dim=256)
-    stats = model.data_config
-    return save_checkpoint({"model": model.state_dict(), "model_args": model.model_args, "classes": classes,
-                            "config": {"img_size": img_size},
-                            "input_norm": {"mean": list(stats["mean"]), "std": list(stats["std"])}}, path)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--mosaics", type=int, default=1200)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--no-write", action="store_true")
-    args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="mlkd_cache_bench_"))
-    try:
-        classes = create_dataset("fashion_mosaic", None, "test", num_mosaics=1).classes
-        teacher = teacher_checkpoint(work / "teacher.pt", classes, 112)
-        common = dict(dataset="fashion_mosaic", dataset_options={"num_mosaics": args.mosaics}, img_size=56,
-                      augment=False, batch_size=64, device="cpu", tensorboard=False, quiet=True,
-                      model="tiny_cnn", model_options={"embed_dim": 64, "num_heads": 4, "ffn_dim": 128},
-                      epochs=args.epochs, lr=2e-3, method="l2d", teacher=str(teacher))
+    args = demo_run_parser(epochs=3).parse_args()
+    with scratch_folder("mlkd_cache_bench_") as work:
+        classes = demo_classes()
+        common = demo_distill_config(teacher_checkpoint(work / "teacher.pt", classes), args.mosaics, args.epochs,
+                                     augment=False)
         rows = {}
         for label, cache in (("without cache", False), ("with --cache-teacher", True)):
             t0 = time.perf_counter()
             result = fit(make_config(common, cache_teacher=cache, output=str(work / label.replace(" ", "_"))))
             rows[label] = ([r["epoch_seconds"] for r in result.history], time.perf_counter() - t0)
         # The teacher's share: its forward pass alone over one epoch's batches.
-        model = create_model("tf_efficientnet_lite0", len(classes), embed_dim=128, num_heads=4, ffn_dim=256).eval()
+        model = demo_teacher(len(classes)).eval()
         n_train = (args.mosaics - round(0.1 * args.mosaics)) // 64 * 64  # the default val_fraction, drop_last
         x = torch.rand(64, 3, 112, 112)
         with torch.no_grad():
@@ -69,8 +48,6 @@ def main() -> None:
             for _ in range(3):
                 model(x)
             teacher_epoch = (time.perf_counter() - t0) / 3 * n_train / 64
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
     plain, cached = rows["without cache"][0], rows["with --cache-teacher"][0]
     lines = [
@@ -91,10 +68,7 @@ def main() -> None:
               "per image (see the section `teacher_views` below), and `mlkd bench`/`mlkd demo` share one cache "
               "across all students of the same teacher and data.",
               "", machine_line()]
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_write:
-        write_section("teacher_cache", text)
+    publish("teacher_cache", lines, write=not args.no_write)
 
 
 if __name__ == "__main__":

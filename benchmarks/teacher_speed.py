@@ -27,9 +27,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _report import machine_line, write_section  # noqa: E402
-
-from mlkd.models import create_model  # noqa: E402
+from _report import machine_line, publish  # noqa: E402
+from _setup import TEACHER_SIZE, demo_teacher  # noqa: E402
 
 
 def max_rel_diff(out, ref) -> float:
@@ -47,9 +46,8 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     torch.manual_seed(0)
-    model = create_model("tf_efficientnet_lite0", 10, embed_dim=128, num_heads=4, ffn_dim=256, img_size=112)
-    model = model.eval().requires_grad_(False)
-    nhwc = create_model("tf_efficientnet_lite0", 10, embed_dim=128, num_heads=4, ffn_dim=256, img_size=112)
+    model = demo_teacher(10, img_size=TEACHER_SIZE).eval().requires_grad_(False)
+    nhwc = demo_teacher(10, img_size=TEACHER_SIZE)
     nhwc.load_state_dict(model.state_dict())
     nhwc = nhwc.eval().requires_grad_(False).to(memory_format=torch.channels_last)
     x = torch.rand(64, 3, 112, 112)
@@ -115,10 +113,7 @@ def main() -> None:
     if compile_s is not None:
         lines += ["", f"torch.compile: first call (compilation) {compile_s:.1f} s."]
     lines += ["", machine_line()]
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_write:
-        write_section("teacher_speed", text)
+    publish("teacher_speed", lines, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -11,47 +11,33 @@ Timing does not depend on the teacher's weights, so the teacher checkpoint holds
 """
 from __future__ import annotations
 
-import argparse
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _report import machine_line, write_section  # noqa: E402
-from teacher_cache import teacher_checkpoint  # noqa: E402
+from _report import machine_line, publish  # noqa: E402
+from _setup import demo_classes, demo_distill_config, demo_run_parser, scratch_folder, teacher_checkpoint  # noqa: E402
 
 from mlkd.config import make_config  # noqa: E402
-from mlkd.data import create_dataset  # noqa: E402
 from mlkd.data.views import epoch_view  # noqa: E402
 from mlkd.engine.trainer import fit  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--mosaics", type=int, default=1200)
+    parser = demo_run_parser(epochs=4)
     parser.add_argument("--views", type=int, default=2)
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="mlkd_views_bench_"))
-    try:
-        classes = create_dataset("fashion_mosaic", None, "test", num_mosaics=1).classes
-        teacher = teacher_checkpoint(work / "teacher.pt", classes, 112)
-        common = dict(dataset="fashion_mosaic", dataset_options={"num_mosaics": args.mosaics}, img_size=56,
-                      augment=True, batch_size=64, device="cpu", tensorboard=False, quiet=True,
-                      model="tiny_cnn", model_options={"embed_dim": 64, "num_heads": 4, "ffn_dim": 128},
-                      epochs=args.epochs, lr=2e-3, method="l2d", teacher=str(teacher))
+    with scratch_folder("mlkd_views_bench_") as work:
+        common = demo_distill_config(teacher_checkpoint(work / "teacher.pt", demo_classes()), args.mosaics,
+                                     args.epochs, augment=True)
         runs = {"plain": dict(cache_teacher=False),
                 "cached": dict(cache_teacher=True, teacher_views=args.views)}
         seconds = {}
         for label, extra in runs.items():
             result = fit(make_config(common, output=str(work / label), **extra))
             seconds[label] = [r["epoch_seconds"] for r in result.history]
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
     n_train = args.mosaics - round(0.1 * args.mosaics)
     new_view, seen = [], set()
@@ -85,10 +71,7 @@ def main() -> None:
                       "epochs and students (in one `mlkd bench` process) use them; the cached epoch's "
                       "remaining time is the student's step and the augmentation of its batch."]
     lines += ["", machine_line()]
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_write:
-        write_section("teacher_views", text)
+    publish("teacher_views", lines, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -2,17 +2,20 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
-
-from mlkd.config import RunConfig, make_config
-from mlkd.data import build_transforms, create_dataset, dataset_splits
+from mlkd.config import DISTILL_METHOD, RunConfig, config_values, make_config
+from mlkd.data import build_datasets, build_transforms, create_dataset, dataset_splits
 from mlkd.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from mlkd.engine.distributed import resolve_device
 from mlkd.engine.evaluate import ModelInput, compute_metrics, eval_loader, predict
-from mlkd.engine.trainer import RunResult, build_datasets, fit
-from mlkd.files import atomic_write_text, make_folder
+from mlkd.engine.trainer import RunResult, fit
+from mlkd.files import atomic_write_text, check_output_is_not_input, make_folder
+
+log = logging.getLogger("mlkd")
 
 
 def train(config: RunConfig | dict | str | Path | None = None, **overrides: Any) -> RunResult:
@@ -20,10 +23,15 @@ def train(config: RunConfig | dict | str | Path | None = None, **overrides: Any)
 
     Args:
         config: a `RunConfig`, a dict of its fields, or the path of a YAML file; optional.
-        **overrides: any `RunConfig` field, e.g. ``model="resnet101", epochs=30, output="runs/teacher"``.
+        **overrides: any `RunConfig` field, e.g. ``model="resnet101", epochs=30, output="runs/teacher"``;
+            ``None`` unsets a field (see `make_config`).
 
     Returns:
         A `RunResult` with the output folder, the test metrics of ``best.pt`` and the epoch history.
+
+    Raises:
+        TypeError: ``config`` is not one of the accepted types.
+        ValueError: a setting that cannot work, naming the key and the fix.
     """
     cfg = make_config(config, **overrides)
     if cfg.method != "vanilla":
@@ -36,12 +44,30 @@ def distill(teacher: str | Path | None = None, method: str | None = None,
     """Train a student under a frozen teacher with a registered distiller (``l2d``, ``kd``, ...).
 
     Args:
-        teacher: checkpoint of the teacher (``best.pt`` of an `mlkd train` run).
+        teacher: checkpoint of the teacher (``best.pt`` of an `mlkd train` run); ``None`` keeps the
+            configuration's.
         method: distiller name (see `mlkd.losses.list_distillers`); ``vanilla`` trains without one.
+            ``None``: the configuration's method when it names one (a `RunConfig` always does), else
+            `mlkd.config.DISTILL_METHOD` (``l2d``), as for ``mlkd distill``.
         config: as in `train`.
         **overrides: `RunConfig` fields, e.g. ``lambdas={"cd": 50}``, ``model="resnet34"``.
+
+    Raises:
+        TypeError: ``config`` is not one of the accepted types.
+        ValueError: a setting that cannot work, naming the key and the fix.
     """
-    cfg = make_config(config, teacher=None if teacher is None else str(teacher), method=method, **overrides)
+    values = config_values(config)
+    given: dict[str, Any] = {}
+    if teacher is not None:
+        given["teacher"] = str(teacher)
+    if method is not None:
+        given["method"] = method
+    elif "method" not in values:
+        given["method"] = DISTILL_METHOD
+    cfg = make_config(values, **given, **overrides)
+    if cfg.method == "vanilla" and cfg.teacher:
+        log.warning("method 'vanilla' trains without the teacher %s; pass method=... (e.g. %r) to distil from it",
+                    cfg.teacher, DISTILL_METHOD)
     return fit(cfg)
 
 
@@ -51,8 +77,17 @@ def evaluate(checkpoint: str | Path, dataset: str | None = None, data_root: str 
              dataset_options: dict[str, Any] | None = None, output: str | Path | None = None) -> dict[str, Any]:
     """Score a checkpoint on a data set split and return (and optionally write) its metrics.
 
-    Data set, root, split and image size default to those the checkpoint was trained with.
+    Data set, root, split and image size default to those the checkpoint was trained with. An
+    ``output`` that is the checkpoint itself (or a link to it) is refused before anything is read.
+
+    Raises:
+        TypeError: ``checkpoint`` is not a path.
+        ValueError: an empty path, an unreadable checkpoint, classes that differ from the data set's, an
+            ``output`` that is the checkpoint.
     """
+    checkpoint = _checkpoint_path(checkpoint)
+    if output is not None:
+        check_output_is_not_input(output, checkpoint)
     state = load_checkpoint(checkpoint)
     model, _ = model_from_checkpoint(state, source=checkpoint)
     run = state.get("config") or {}
@@ -83,6 +118,16 @@ def evaluate(checkpoint: str | Path, dataset: str | None = None, data_root: str 
     return metrics
 
 
+def _checkpoint_path(checkpoint: object) -> Path:
+    """``checkpoint`` as a `Path`, refusing what cannot be the path of a checkpoint file."""
+    if not isinstance(checkpoint, (str, os.PathLike)):
+        raise TypeError(f"checkpoint must be the path of a checkpoint file (str or Path), e.g. 'runs/train/best.pt', "
+                        f"got {type(checkpoint).__name__}")
+    if not str(checkpoint).strip():
+        raise ValueError("checkpoint is an empty path; pass the path of a best.pt or last.pt written by mlkd")
+    return Path(checkpoint)
+
+
 def _check_img_size(img_size: int | None) -> int | None:
     """``img_size`` unless it is set to something that cannot be a resolution (0 used to mean 'unset')."""
     if img_size is not None and (isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 8):
@@ -111,15 +156,20 @@ def export(checkpoint: str | Path, path: str | Path | None = None, format: str =
            img_size: int | None = None) -> Path:
     """Export a trained model to ONNX; the graph takes images in [0, 1] and outputs logits.
 
-    The input normalisation the model was trained with is folded into the graph.
+    The input normalisation the model was trained with is folded into the graph. The graph is written
+    like a checkpoint (a temporary file, then a rename); a ``path`` that is the checkpoint itself (or a
+    link to it) is refused, also when it is the default (``checkpoint`` with the suffix ``.onnx``).
     """
     from mlkd.models import export_onnx
 
     if format != "onnx":
         raise ValueError(f"unknown export format {format!r}; supported: onnx")
+    checkpoint = _checkpoint_path(checkpoint)
+    target = Path(path) if path is not None else Path(checkpoint).with_suffix(".onnx")
+    check_output_is_not_input(target, checkpoint,
+                              "" if path is not None else "the default: the checkpoint path with .onnx")
     state = load_checkpoint(checkpoint)
     model, _ = model_from_checkpoint(state, source=checkpoint)
     size = _check_img_size(img_size) or (state.get("config") or {}).get("img_size") or 224
-    target = Path(path) if path is not None else Path(checkpoint).with_suffix(".onnx")
     stats = state.get("input_norm") or {}
     return export_onnx(model, target, size, mean=stats.get("mean"), std=stats.get("std"))

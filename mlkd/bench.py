@@ -13,13 +13,15 @@ import re
 import textwrap
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
 from mlkd.config import RunConfig, make_config
 from mlkd.engine import distributed as ddp
 from mlkd.engine.evaluate import load_scores
+from mlkd.engine.preflight import check_distiller_options
+from mlkd.engine.run_folder import LOCK_NAME, RunFolder, foreign_entries, output_folder
 from mlkd.engine.threads import set_threads
 from mlkd.engine.trainer import fit
 from mlkd.files import atomic_write, atomic_write_text
@@ -39,6 +41,8 @@ BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
 # The method every gain is measured against.
 REFERENCE = "vanilla"
+# What a comparison writes at the top of its folder, besides one folder of runs per method.
+BENCH_FILES = frozenset({"comparison.json", "comparison.md", "comparison_map.png", "ap_gain_per_label.png"})
 
 
 def compare(teacher: str | Path, methods: Sequence[str | tuple[str, str, dict[str, float]]], seeds: Sequence[int],
@@ -57,80 +61,226 @@ def compare(teacher: str | Path, methods: Sequence[str | tuple[str, str, dict[st
 
     Writes into ``output``: one folder per run, ``comparison.md``, ``comparison.json``,
     ``comparison_map.png`` (mAP per method and gain over vanilla with its interval) and
-    ``ap_gain_per_label.png`` (per-label gain over vanilla, spread over seeds).
+    ``ap_gain_per_label.png`` (per-label gain over vanilla, spread over seeds). ``output`` follows the
+    rules of a run's folder (`RunFolder`): locked while the comparison runs, and refused when it holds
+    anything but an earlier comparison's files and run folders, which are reused (finished runs) or
+    resumed (unfinished ones).
 
     Returns:
         The comparison as written to ``comparison.json``.
+
+    Raises:
+        ValueError: a setting of any run is invalid (see `plan_runs`); raised before any run trains.
+        FileNotFoundError: a method needs the teacher and ``teacher`` does not exist.
+        FileExistsError, OutputInUseError: ``output`` holds other files, or another process uses it.
     """
+    out = output_folder(output)
     seeds = [int(s) for s in seeds]
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds must be distinct and at least one, e.g. 0,1,2,3,4; got {seeds}")
-    out = Path(output)
     base = make_config(config, **overrides)
+    runs = plan_runs(teacher, methods, seeds, base, out)
+    if any(run.config.teacher for run in runs) and not Path(teacher).is_file():
+        raise FileNotFoundError(f"--teacher {teacher} does not exist; pass the best.pt of an mlkd train run")
     if base.threads is None:
         # One thread count for every run, chosen once and recorded: results depend on it in the last
         # bits, and Adam turns those into different trajectories (a per-run automatic choice would not pair).
         base = make_config(base, threads=set_threads(None).threads)
+    labels = [label for label, _, _ in _entries(methods)]
     # Under torchrun, one process group serves every run of the comparison.
     owns_group = not ddp.current_info().enabled
     info, _ = ddp.init_distributed(base.device)
     try:
-        result = _compare(teacher, methods, seeds, base, out, teacher_metrics, info)
+        folder = _open_bench_folder(out, runs, info)
+        try:
+            result = _compare(teacher, labels, runs, seeds, base, out, teacher_metrics, info)
+        except BaseException:
+            if folder is not None and not folder.entries():  # no run started: leave no folder behind
+                folder.discard_if_unused()
+            raise
+        finally:
+            if folder is not None:
+                folder.release()
     finally:
         if owns_group:
             ddp.shutdown_distributed()
     return result
 
 
-def _compare(teacher, methods, seeds: list[int], base: RunConfig, out: Path, teacher_metrics,
-             info: ddp.DistInfo) -> dict[str, Any]:
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    entries = [(e, e, {}) if isinstance(e, str) else tuple(e) for e in methods]
+class PlannedRun(NamedTuple):
+    """One student run of a comparison: its method's label and distiller, and its checked configuration."""
+
+    label: str
+    method: str
+    config: RunConfig
+
+
+def run_folder_name(label: str) -> str:
+    """The folder of a method's runs in a comparison: ``label`` with each run of characters other than
+    letters, digits, ``_``, ``.`` and ``-`` replaced by ``_``."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_")
+
+
+def plan_runs(teacher: str | Path, methods: Sequence[str | tuple[str, str, dict[str, float]]],
+              seeds: Sequence[int], base: RunConfig, output: Path) -> list[PlannedRun]:
+    """Every run of a comparison in training order, each configuration checked; touches no file.
+
+    Methods that need more of the teacher run first, so that a shared teacher cache (``--cache-teacher``)
+    is filled once with everything, not refilled for each wider need.
+
+    Args:
+        teacher, methods, seeds: as in `compare`.
+        base: the students' base configuration.
+        output: the comparison's folder; run ``(label, seed)`` goes to ``output/<folder name>/seed<seed>``.
+
+    Raises:
+        ValueError: seeds that repeat or are out of range; labels that repeat, give no usable folder name
+            (``..``, ``.``, empty, hidden, one of the comparison's files) or share a folder; a method's
+            unknown or refused ``--lambda``/``--method-option``. Each message names the value and the fix.
+    """
+    seeds = [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct and at least one, e.g. 0,1,2,3,4; got {seeds}")
+    entries = _entries(methods)
     labels = [label for label, _, _ in entries]
     if len(set(labels)) != len(labels):
         raise ValueError(f"method labels must be distinct; got {labels}")
-    runs: dict[str, list[dict[str, Any]]] = {label: [] for label in labels}
-    folders: dict[str, list[Path]] = {label: [] for label in labels}
-    # Methods that need more of the teacher run first, so that a shared teacher cache
-    # (--cache-teacher) is filled once with everything, not refilled for each wider need.
+    folders = _label_folders(labels, output)
+    for label, name, lambdas in entries:
+        try:
+            check_distiller_options(name, {**base.lambdas, **lambdas}, base.method_options)
+        except ValueError as err:
+            raise ValueError(f"bench method {label!r}: {err}") from None
     needs = {name: create_distiller(name) for _, name, _ in entries}
     order = sorted(entries, key=lambda e: (needs[e[1]].uses_features, needs[e[1]].uses_embeddings), reverse=True)
+    runs = []
     for label, name, lambdas in order:
         for seed in seeds:
-            run_dir = out / re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_") / f"seed{seed}"
-            needs_teacher = needs[name].requires_teacher
-            cfg = make_config(base, method=name, teacher=str(teacher) if needs_teacher else None, seed=seed,
-                              output=str(run_dir),
-                              lambdas={**base.lambdas, **lambdas},
-                              resume=ddp.broadcast_object((run_dir / "last.pt").exists()))
-            t0 = time.perf_counter()
-            metrics = fit(cfg).metrics
-            runs[label].append(metrics)
-            folders[label].append(run_dir)
-            log.info("bench: %-10s seed %d  val mAP %.2f%%  test mAP %.2f%%  (%.0f s, %s)", label, seed,
-                     100 * metrics["best_val_mAP"], 100 * metrics["mAP"], time.perf_counter() - t0, run_dir)
+            cfg = make_config(base, method=name, teacher=str(teacher) if needs[name].requires_teacher else None,
+                              seed=seed, output=str(folders[label] / f"seed{seed}"),
+                              lambdas={**base.lambdas, **lambdas})
+            runs.append(PlannedRun(label, name, cfg))
+    return runs
+
+
+def _entries(methods: Sequence[str | tuple[str, str, dict[str, float]]]) -> list[tuple[str, str, dict[str, float]]]:
+    """``(label, distiller name, lambdas)`` of each method: a bare name is its own label."""
+    return [(e, e, {}) if isinstance(e, str) else tuple(e) for e in methods]
+
+
+def _label_folders(labels: list[str], output: Path) -> dict[str, Path]:
+    """Each label's folder in ``output``; refuses unusable names and labels that would share one."""
+    taken: dict[str, str] = {}  # folder name, lower-cased (case-insensitive file systems) -> label
+    folders = {}
+    for label in labels:
+        name = run_folder_name(label)
+        if name.strip(".") == "" or name.startswith(".") or name.lower() in BENCH_FILES:
+            raise ValueError(f"method label {label!r} gives no usable folder name ({name!r}: labels become folder "
+                             "names with each run of characters other than letters, digits, '_', '.' and '-' "
+                             "replaced by '_'; a name may not be empty, start with '.', or be one of the "
+                             f"comparison's files {sorted(BENCH_FILES)}); give it a label that starts with a "
+                             "letter or digit, e.g. 'kd_T4'")
+        other = taken.get(name.lower())
+        if other is not None:
+            raise ValueError(f"method labels {other!r} and {label!r} would share the run folder "
+                             f"{output / name} (labels become folder names with each run of characters other "
+                             "than letters, digits, '_', '.' and '-' replaced by '_', compared ignoring case); "
+                             "give them labels that differ in a letter or digit")
+        taken[name.lower()] = label
+        folders[label] = output / name
+    return folders
+
+
+def _open_bench_folder(out: Path, runs: list[PlannedRun], info: ddp.DistInfo) -> RunFolder | None:
+    """Take the comparison's folder (created, locked) and check it (rank 0; every rank gets the verdict)."""
+    error: Exception | None = None
+    folder = None
+    if info.is_main:
+        try:
+            folder = RunFolder(out, BENCH_FILES | {Path(run.config.output).parent.name for run in runs}).open()
+            error = _check_bench_folder(folder)
+        except (OSError, ValueError) as err:
+            error = err
+        if error is not None and folder is not None:
+            folder.discard_if_unused()
+            folder.release()
+    error = ddp.broadcast_object(error)
+    if error is not None:
+        raise error
+    return folder
+
+
+def _check_bench_folder(folder: RunFolder) -> FileExistsError | None:
+    """The error for a folder that holds anything but an earlier comparison, or None.
+
+    A comparison's own entries are its files and folders of runs (``seed<N>`` folders that an mlkd run
+    opened). A folder without mlkd's lock (written by mlkd before comparisons took it) counts as an
+    earlier comparison only when it holds at least one such run.
+    """
+    out = folder.path
+    entries = folder.entries()
+    if not entries:
+        return None
+    runs = {name: _runs_in(out / name) for name in entries}
+    foreign = [name for name in foreign_entries(out, BENCH_FILES) if runs[name] is None]
+    if not foreign and (folder.used_before or any(runs.values())):
+        return None
+    shown = foreign or entries
+    listed = ", ".join(shown[:3]) + (f" and {len(shown) - 3} more" if len(shown) > 3 else "")
+    return FileExistsError(f"{out} holds files that are not an mlkd comparison ({listed}); mlkd never overwrites "
+                           "them: choose another --output (a new or empty folder, or an earlier bench's own)")
+
+
+def _runs_in(folder: Path) -> int | None:
+    """How many run folders ``folder`` holds (``seed<N>`` folders with mlkd's lock, ``last.pt`` or
+    ``config.yaml``: runs of older versions have no lock); None when it holds anything else or is not a
+    plain folder."""
+    if folder.is_symlink() or not folder.is_dir():
+        return None
+    count = 0
+    for entry in folder.iterdir():
+        opened = any((entry / name).is_file() and not (entry / name).is_symlink()
+                     for name in (LOCK_NAME, "last.pt", "config.yaml"))
+        if entry.is_symlink() or not entry.is_dir() or not re.fullmatch(r"seed\d+", entry.name) or not opened:
+            return None
+        count += 1
+    return count
+
+
+def _compare(teacher, labels: list[str], runs: list[PlannedRun], seeds: list[int], base: RunConfig, out: Path,
+             teacher_metrics, info: ddp.DistInfo) -> dict[str, Any]:
+    results: dict[str, list[dict[str, Any]]] = {label: [] for label in labels}
+    folders: dict[str, list[Path]] = {label: [] for label in labels}
+    for run in runs:
+        run_dir = Path(run.config.output)
+        cfg = make_config(run.config, threads=base.threads,
+                          resume=ddp.broadcast_object((run_dir / "last.pt").exists()))
+        t0 = time.perf_counter()
+        metrics = fit(cfg).metrics
+        results[run.label].append(metrics)
+        folders[run.label].append(run_dir)
+        log.info("bench: %-10s seed %d  val mAP %.2f%%  test mAP %.2f%%  (%.0f s, %s)", run.label, cfg.seed,
+                 100 * metrics["best_val_mAP"], 100 * metrics["mAP"], time.perf_counter() - t0, run_dir)
     if teacher_metrics is None:
         path = Path(teacher).parent / "metrics.json"
         teacher_metrics = json.loads(path.read_text()) if path.exists() else None
-    result = summarise(runs, teacher_metrics)
+    result = summarise(results, teacher_metrics)
     result["teacher_checkpoint"] = str(teacher)
     result["seeds"] = list(seeds)
     result["student"] = base.model
     result["threads"] = base.threads
-    result["cost"] = run_costs(runs)  # parameters and MACs of the student and the teacher (mlkd.models.cost)
+    result["cost"] = run_costs(results)  # parameters and MACs of the student and the teacher (mlkd.models.cost)
     if not info.is_main:
         return result
-    reference = next((label for label, name, _ in entries if name == REFERENCE), None)
+    methods = {run.label: run.method for run in runs}
+    reference = next((label for label in labels if methods[label] == REFERENCE), None)
     scores = None
     if reference is not None:
         scores = {label: [load_scores(d / "test_scores.npz") for d in dirs] for label, dirs in folders.items()}
-    result["gains"] = paired_gains(runs, scores, seeds, reference)
+    result["gains"] = paired_gains(results, scores, seeds, reference)
     atomic_write_text(out / "comparison.json", json.dumps(result, indent=2))
     atomic_write_text(out / "comparison.md", markdown_table(result))
     plot_comparison(result, out / "comparison_map.png")
     if reference is not None:
-        plot_ap_gain(runs, out / "ap_gain_per_label.png", reference)
+        plot_ap_gain(results, out / "ap_gain_per_label.png", reference)
     return result
 
 

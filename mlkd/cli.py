@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
-from mlkd.config import TEACHER_PRECISIONS, RunConfig, load_yaml, make_config
+from mlkd.config import DISTILL_METHOD, TEACHER_PRECISIONS, RunConfig, load_yaml, make_config, parse_yaml
 from mlkd.data.custom_csv import FORMAT_SUMMARY
 
 log = logging.getLogger("mlkd")
@@ -28,12 +28,13 @@ def _lambda(text: str) -> tuple[str, float]:
 
 
 def _option(text: str) -> tuple[str, Any]:
-    import yaml
-
     name, sep, value = text.partition("=")
     if not sep or not name:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return name.strip(), yaml.safe_load(value)
+    try:
+        return name.strip(), parse_yaml(value, f"the value of {text!r}")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -80,6 +81,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data-root", dest="data_root", help="folder of the data set in its official layout")
     g.add_argument("--dataset-option", dest="dataset_options", action="append", type=_option, metavar="KEY=VALUE",
                    help="reader option, e.g. num_mosaics=2000 (repeatable)")
+    g.add_argument("--val-split", dest="val_split", metavar="NAME",
+                   help="the split that selects the best epoch (default: the data set's own when it has one, "
+                        f"e.g. csv's val.csv; else {100 * RunConfig().val_fraction:g}%% of the training split, seeded)")
     g.add_argument("--model", help=f"timm model name or built-in (tiny_cnn, small_cnn) {_default('model')}")
     g.add_argument("--model-option", dest="model_options", action="append", type=_option, metavar="KEY=VALUE",
                    help="create_model option, e.g. embed_dim=256 (repeatable)")
@@ -151,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("distill", help="train a student under a teacher with a distillation method")
     _add_run_options(p)
-    p.add_argument("--method", help=f"distiller: {METHOD_HELP} (default: l2d)")
+    p.add_argument("--method", help=f"distiller: {METHOD_HELP} (default: {DISTILL_METHOD})")
     _add_distill_options(p, teacher_required=False)  # 'vanilla' needs none; the engine checks the others
 
     p = sub.add_parser("eval", help="evaluate a checkpoint; prints and writes the metrics")
@@ -211,7 +215,29 @@ def _run_overrides(args: argparse.Namespace, command: str) -> tuple[Any, dict[st
         if saved.is_file():
             log.info("--resume: reading the run's settings from %s", saved)
             config = load_yaml(saved)
+        elif (saved.parent / "last.pt").is_file():
+            # config.yaml was deleted, but last.pt records the same settings.
+            from mlkd.engine.checkpoint import recorded_config
+
+            log.info("--resume: %s is missing; reading the run's settings from %s", saved, saved.parent / "last.pt")
+            config = recorded_config(saved.parent / "last.pt")
+        else:
+            _refuse_unknown_run(saved.parent, values)
     return config, values
+
+
+def _refuse_unknown_run(output: Path, values: dict[str, Any]) -> None:
+    """`--output DIR --resume` where DIR records no settings, and no flag sets the run's: refuse.
+
+    The built-in defaults would start some other run (on the embedded data set, for hours) and record it
+    as DIR's, e.g. in a folder holding only the lock of a run stopped before it wrote config.yaml.
+    """
+    from mlkd.engine.trainer import RESUME_MAY_CHANGE
+
+    if set(values) <= RESUME_MAY_CHANGE:
+        raise FileNotFoundError(f"nothing to resume: {output} holds no config.yaml and no last.pt, so the run's "
+                                "settings are unknown; start the run again with its settings (its command without "
+                                "--resume)")
 
 
 def merge_configs(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -227,13 +253,64 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     try:
-        return _dispatch(args)
+        code = _dispatch(args)
+        sys.stdout.flush()  # a reader that closed the pipe shows here, while it can still be handled
+        return code
+    except BrokenPipeError:
+        return _stdout_closed()
     except (ValueError, OSError, FloatingPointError, KeyError) as err:
         print(f"mlkd {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as err:
+        from mlkd.memory import is_out_of_memory
+
+        if not is_out_of_memory(err):
+            raise
+        print(f"mlkd {args.command}: error: {_out_of_memory(err, args)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"interrupted; {_resume_hint(args)}", file=sys.stderr)
         return 130
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away (`mlkd list | head -1`): stop quietly, like other Unix tools.
+
+    Python would report the broken pipe as an error, and again when it flushes stdout at exit; pointing
+    stdout at /dev/null silences the second. The exit status is 141 (128 + SIGPIPE), what a shell reports
+    for a tool stopped by a closed pipe (``seq 100000 | head -1``).
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout is not a file descriptor (captured): nothing to silence
+        pass
+    return 141
+
+
+def _out_of_memory(err: BaseException, args: argparse.Namespace) -> str:
+    """The message for a failed allocation: the sizes the command used and which to lower."""
+    from mlkd.memory import OutOfMemoryError, out_of_memory
+
+    if isinstance(err, OutOfMemoryError):  # the engine already named the sizes
+        return str(err)
+    sizes, advice = "the sizes in use", "pass a smaller --batch-size or --img-size"
+    if args.command in ("train", "distill", "bench"):
+        try:
+            config, values = _run_overrides(args, args.command)
+            cfg = make_config(config, **values)
+            sizes = f"images of {cfg.img_size} px in batches of {cfg.batch_size}"
+            advice = f"pass a smaller --batch-size (now {cfg.batch_size}) or --img-size (now {cfg.img_size})"
+        except Exception:  # the settings are what failed to resolve: keep the general advice
+            pass
+    elif args.command in ("eval", "export"):
+        size = f"{args.img_size} px" if args.img_size else "the checkpoint's resolution"
+        sizes, advice = f"images of {size}", f"pass a smaller --img-size (now {size})"
+        if args.command == "eval":
+            sizes += f" in batches of {args.batch_size}"
+            advice = f"pass a smaller --batch-size (now {args.batch_size}) or --img-size (now {size})"
+    return str(out_of_memory(err, f"mlkd {args.command}", sizes, advice))
 
 
 def _resume_hint(args: argparse.Namespace) -> str:
@@ -242,6 +319,9 @@ def _resume_hint(args: argparse.Namespace) -> str:
         return f"run `mlkd demo --output {args.output}` again (or with --resume): it continues where it stopped"
     if args.command in ("train", "distill"):
         output = args.output or f"runs/{args.command}"
+        if not any((Path(output) / name).is_file() for name in ("config.yaml", "last.pt")):
+            # Stopped during its set-up: the run removed what it had created, nothing is left to resume.
+            return "nothing was written yet; run the same command again"
         return f"continue with `mlkd {args.command} --output {output} --resume`"
     if args.command == "bench":
         return "run the same command again: finished runs are reused, unfinished ones resume"
@@ -265,10 +345,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command in ("train", "distill"):
         config, values = _run_overrides(args, args.command)
         if args.command == "distill":
-            if "method" not in config:  # a config file's (or a resumed run's) method stands
-                values.setdefault("method", "l2d")
+            # Without --method: the config file's (or resumed run's) method, else DISTILL_METHOD (mlkd.distill).
             result = mlkd.distill(config=config, **values)
         else:
+            _refuse_distill_settings(config, values)
             result = mlkd.train(config=config, **values)
         _print_metrics(result.metrics, f"test metrics ({result.output / 'metrics.json'})")
         return 0
@@ -309,6 +389,19 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"wrote {path}")
         return 0
     raise ValueError(f"unknown command {args.command!r}")
+
+
+def _refuse_distill_settings(config: dict[str, Any], values: dict[str, Any]) -> None:
+    """`mlkd train` on the settings of a distill run (a resumed folder, a config file): name the command."""
+    method = config.get("method", "vanilla")
+    if method in (None, "vanilla"):
+        return
+    output = values.get("output") or config.get("output")
+    if values.get("resume"):
+        raise ValueError(f"{output} holds a distill run (method {method}): resume it with "
+                         f"`mlkd distill --output {output} --resume`")
+    raise ValueError(f"the settings name the distillation method {method!r}, which `mlkd train` does not run: "
+                     "use `mlkd distill` with them, or set method: vanilla to train without a teacher")
 
 
 def _int_list(text: str, flag: str) -> list[int]:

@@ -2,7 +2,8 @@
 
 Precedence, lowest first: the dataclass defaults (method.md §5), a YAML file (``--config``), then
 explicit flags or keyword arguments. Unknown keys are errors that list the valid ones, so a typo in a
-config file never silently falls back to a default.
+config file never silently falls back to a default. Config files are UTF-8 YAML without anchors and
+aliases (`parse_yaml`).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import difflib
 import math
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,8 @@ import yaml
 
 # The teacher's forward-pass precisions (`mlkd.engine.teacher`): --teacher-precision.
 TEACHER_PRECISIONS = ("float32", "bfloat16")
+# The distiller of `mlkd distill` and `mlkd.distill()` when neither the call nor its configuration names one.
+DISTILL_METHOD = "l2d"
 
 
 @dataclass
@@ -36,7 +40,9 @@ class RunConfig:
     data_root: str | None = None
     dataset_options: dict[str, Any] = field(default_factory=dict)
     train_split: str = "train"
-    val_split: str | None = None  # None: carve `val_fraction` of the training split (seeded)
+    # None: the data set's own validation split when it has one (csv: val.csv; `own_val_split`), else carve
+    # `val_fraction` of the training split (seeded). A run records the split it used in config.yaml.
+    val_split: str | None = None
     test_split: str = "test"
     val_fraction: float = 0.1
     img_size: int = 224
@@ -230,37 +236,120 @@ def coerce_values(values: dict[str, Any], source: str) -> dict[str, Any]:
     return out
 
 
+class _AliasRefused(Exception):
+    """A YAML alias met while composing (internal: `parse_yaml` turns it into a ValueError)."""
+
+    def __init__(self, anchor: str, line: int) -> None:
+        super().__init__(anchor, line)
+        self.anchor, self.line = anchor, line
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses aliases (``*name``, ``<<: *name``) before anything is built.
+
+    A few nested aliases of a few hundred bytes stand for gigabytes once a value is copied or
+    compared (the "billion laughs"); a run configuration has no use for them.
+    """
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise _AliasRefused(event.anchor, event.start_mark.line + 1)
+        return super().compose_node(parent, index)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """``yaml.safe_load(text)``, but refusing anchors' aliases; errors name ``source``.
+
+    Args:
+        text: the YAML text.
+        source: what the text is, for messages (``"config file run.yaml"``).
+
+    Raises:
+        ValueError: the text is not valid YAML, or uses an alias.
+    """
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader: builds plain types only
+    except _AliasRefused as err:
+        raise ValueError(f"{source} uses the YAML alias *{err.anchor} (line {err.line}); mlkd refuses anchors and "
+                         "aliases (&name, *name, <<: *name), because a few nested ones can expand to gigabytes: "
+                         "write the values out instead") from None
+    except yaml.YAMLError as err:
+        raise ValueError(f"{source} is not valid YAML: {err}") from None
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML configuration file into a dict, checking its keys."""
+    """Read a YAML configuration file into a dict, checking its keys and converting its values.
+
+    Raises:
+        FileNotFoundError: no such file.
+        IsADirectoryError: ``path`` is a folder (the message suggests its ``config.yaml`` when it has one).
+        ValueError: the file is not UTF-8, not valid YAML, uses an alias, is not a mapping, or has an
+            unknown key or a value that does not fit its field; each message names the file.
+    """
     path = Path(path)
+    if path.is_dir():
+        inside = path / "config.yaml"
+        hint = (f"did you mean {inside}?" if inside.is_file() else
+                "pass a YAML file, e.g. a run folder's config.yaml or a preset from configs/")
+        raise IsADirectoryError(f"config file {path} is a folder, not a YAML file; {hint}")
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist; pass an existing YAML file to --config")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ValueError(f"config file {path} is not valid YAML: {err}") from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"config file {path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset "
+                         f"{err.start}); save it as UTF-8") from None
+    values = parse_yaml(text, f"config file {path}") or {}
     if not isinstance(values, dict):
         raise ValueError(f"config file {path} must hold a mapping of keys to values, got {type(values).__name__}")
     check_keys(values, str(path))
     return coerce_values(values, f"config file {path}")
 
 
+def config_values(base: RunConfig | dict[str, Any] | str | Path | None) -> dict[str, Any]:
+    """The checked and converted field values of a configuration given in any of its forms.
+
+    Args:
+        base: a `RunConfig`, a dict of its fields, the path of a YAML file, or ``None`` (no values).
+
+    Raises:
+        TypeError: ``base`` is of another type.
+        ValueError: an unknown key or a value that does not fit its field (see `load_yaml`).
+    """
+    if isinstance(base, RunConfig):
+        return base.to_dict()
+    if isinstance(base, (str, Path)):
+        return load_yaml(base)
+    if base is not None and not isinstance(base, Mapping):
+        raise TypeError(f"the configuration (config=...) must be a RunConfig, a dict of its fields or the path of a "
+                        f"YAML file (str or Path), got {type(base).__name__}")
+    values = dict(base or {})
+    check_keys(values, "the configuration")
+    return coerce_values(values, "the configuration")
+
+
 def make_config(base: RunConfig | dict[str, Any] | str | Path | None = None, **overrides: Any) -> RunConfig:
     """Build a `RunConfig` from a base (config object, dict or YAML path) and keyword overrides.
 
-    Overrides whose value is ``None`` are ignored, so unset CLI flags keep the file's values.
-    Dict-valued fields (``lambdas``, ``model_options``, ...) are merged key by key.
+    An override replaces the base's value; leave a field out to keep the base's. An explicit ``None``
+    unsets a field that may be unset (``lr=None`` drops a preset's learning rate for the default rule,
+    ``teacher=None`` drops its teacher); for a field that cannot be unset (``epochs=None``) it is an
+    error. Dict-valued fields (``lambdas``, ``model_options``, ...) are merged key by key.
+
+    Raises:
+        TypeError: ``base`` is not one of the accepted types.
+        ValueError: an unknown key, a value that does not fit its field, or one that cannot work
+            (`validate`); the message names the key and the fix.
     """
-    if isinstance(base, RunConfig):
-        values = base.to_dict()
-    elif isinstance(base, (str, Path)):
-        values = load_yaml(base)
-    else:
-        values = dict(base or {})
-        check_keys(values, "the configuration")
-        values = coerce_values(values, "the configuration")
+    values = config_values(base)
     check_keys(overrides, "the arguments")
-    overrides = coerce_values({k: v for k, v in overrides.items() if v is not None}, "the arguments")
+    hints = typing.get_type_hints(RunConfig)
+    for key, value in overrides.items():
+        if value is None and not _accepts_none(hints[key]):
+            raise ValueError(f"{key}=None: {key} cannot be unset; leave it out to keep the configuration's value "
+                             f"({values.get(key, getattr(RunConfig(), key))!r})")
+    overrides = coerce_values(overrides, "the arguments")
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(values.get(key), dict):
             values[key] = {**values[key], **value}
@@ -269,6 +358,11 @@ def make_config(base: RunConfig | dict[str, Any] | str | Path | None = None, **o
     cfg = RunConfig(**values)
     validate(cfg)
     return cfg
+
+
+def _accepts_none(kind: Any) -> bool:
+    """Whether the annotated field type ``kind`` admits ``None`` (``X | None``, ``Any``)."""
+    return kind is Any or type(None) in typing.get_args(kind)
 
 
 # Peak learning rates of the default rule (Adam with OneCycle), chosen on validation splits of the
@@ -339,6 +433,10 @@ def validate(cfg: RunConfig) -> None:
         raise ValueError(f"val_fraction must be in (0, 1) when no val_split is given, got {cfg.val_fraction}")
     if cfg.img_size < 8:
         raise ValueError(f"img_size must be >= 8, got {cfg.img_size}")
+    if not cfg.output.strip():
+        # Path("") is the current folder: an unset shell variable (--output "$DIR") would write there.
+        raise ValueError(f"output is empty ({cfg.output!r}); name a folder, e.g. --output runs/my_run "
+                         "(--output . writes into the current folder)")
     if cfg.amp_dtype not in ("bfloat16", "float16"):
         raise ValueError(f"amp_dtype must be 'bfloat16' or 'float16', got {cfg.amp_dtype!r}")
     if not 0 < cfg.threshold < 1:

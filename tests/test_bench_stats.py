@@ -15,6 +15,7 @@ from mlkd.cli import main
 from mlkd.engine.evaluate import compute_metrics, load_scores
 from mlkd.stats import bootstrap_counts
 from synthetic import write_fashion_like
+from tiny_runs import tiny_flags
 
 matplotlib.use("Agg")
 
@@ -188,10 +189,7 @@ def data_root(tmp_path_factory):
 
 
 def _cli(root, output, epochs=1):
-    return ["--dataset", "fashion_mosaic", "--data-root", str(root), "--dataset-option", "num_mosaics=96",
-            "--img-size", "32", "--batch-size", "8", "--epochs", str(epochs), "--lr", "1e-2", "--model", "tiny_cnn",
-            "--model-option", "embed_dim=16", "--model-option", "num_heads=2", "--model-option", "ffn_dim=16",
-            "--no-augment", "--device", "cpu", "--quiet", "--output", str(output)]
+    return tiny_flags(root, output, mosaics=96, epochs=epochs, batch=8)
 
 
 def test_bench_reports_paired_gains_from_the_saved_test_scores(data_root, tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""csv reader (users' own data) on fixtures with real PNG/JPEG files; also the shared image checks."""
+"""csv reader (users' own data) on fixtures with real PNG/JPEG/PGM/PPM files; also the shared image checks."""
 from __future__ import annotations
 
 import logging
@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from mlkd.cli import main
 from mlkd.data import DataFormatError, ImageListDataset, create_dataset
 
 
@@ -170,3 +171,50 @@ def test_skip_unreadable_refuses_to_leave_an_empty_data_set(tmp_path):
     (root / "img" / "bad.png").write_bytes(b"not an image")
     with pytest.raises(ValueError, match=r"none of the 2 images could be read, so skip_unreadable would leave an empty"):
         create_dataset("csv", root, "train", skip_unreadable=True)
+
+
+# ---- issue 21 M6: 16-bit PGM/PPM, M4: encodings that are not text encodings ---------------------------
+
+def _netpbm(magic: bytes, width: int, height: int, maxval: int, values: np.ndarray) -> bytes:
+    """A binary PGM (P5) or PPM (P6) written by hand: header, then big-endian 16-bit samples."""
+    return magic + b"\n%d %d\n%d\n" % (width, height, maxval) + values.astype(">u2").tobytes()
+
+
+@pytest.mark.parametrize("maxval", [1000, 65535])
+def test_16_bit_pgm_and_ppm_are_scaled_by_their_maxval(tmp_path, maxval):
+    grey = np.array([[0, 1, maxval // 4], [maxval // 2, maxval - 1, maxval]])
+    colour = np.stack([grey, maxval - grey, np.full_like(grey, maxval // 3)], axis=-1)  # [2, 3, 3] samples
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "grey.pgm").write_bytes(_netpbm(b"P5", 3, 2, maxval, grey))
+    (tmp_path / "img" / "colour.ppm").write_bytes(_netpbm(b"P6", 3, 2, maxval, colour))
+    (tmp_path / "train.csv").write_text("image,labels\nimg/grey.pgm,a\nimg/colour.ppm,b\n")
+    (tmp_path / "test.csv").write_text("image,labels\nimg/grey.pgm,a\n")
+    ds = create_dataset("csv", tmp_path, "train")
+    grey_image, _ = ds[0]
+    colour_image, _ = ds[1]
+    # Each sample v of a file with maxval m reads as v / m, at the pipeline's 8-bit precision.
+    expected_grey = torch.from_numpy(grey / maxval).float()
+    assert grey_image.shape == (3, 2, 3)
+    for channel in grey_image:
+        assert torch.allclose(channel, expected_grey, atol=0.5 / 255 + 1e-6)
+    expected_colour = torch.from_numpy(colour / maxval).float().permute(2, 0, 1)
+    assert torch.allclose(colour_image, expected_colour, atol=0.5 / 255 + 1e-6)
+
+
+@pytest.mark.parametrize("encoding, kind", [("rot13", "is a codec but not a text encoding"),
+                                            ("base64", "is a codec but not a text encoding"),
+                                            ("hex", "is a codec but not a text encoding"),
+                                            ("klingon-8", "is not a known encoding")])
+def test_encoding_must_be_a_text_encoding(tmp_path, capsys, encoding, kind):
+    root = write_csv_set(tmp_path)
+    with pytest.raises(ValueError) as info:
+        create_dataset("csv", root, "train", encoding=encoding)
+    assert f"csv option encoding={encoding!r} {kind}" in str(info.value)
+    assert "--dataset-option encoding=utf-8 (the default), latin-1 or cp1252" in str(info.value)
+    # The command line shows the message, not a traceback, before anything is written.
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "csv", "--data-root", str(root), "--dataset-option", f"encoding={encoding}",
+                 "--model", "tiny_cnn", "--img-size", "16", "--device", "cpu", "--output", str(out)]) == 2
+    assert f"encoding={encoding!r} {kind}" in capsys.readouterr().err
+    assert not out.exists()
+    assert create_dataset("csv", root, "train", encoding="latin-1").classes == ["bird", "cat", "dog", "zebra"]

@@ -154,6 +154,42 @@ def test_real_clutter_keeps_min_visible_and_small_objects_are_common():
     assert np.diff(ds.layout.offsets).mean() > 3
 
 
+@pytest.mark.parametrize("colors", [0, 3])
+def test_largest_sizes_are_each_labels_largest_object(root, colors):
+    ds = create_dataset("fashion_scenes", root, "test", num_scenes=30, min_items=3, max_items=6, min_size=6,
+                        max_size=40, colors=colors)
+    lay, got = ds.layout, ds.largest_sizes()
+    assert got.shape == (len(ds), len(ds.classes)) and got.dtype == np.int64
+    repeated = 0
+    for i in range(len(ds)):
+        want = np.zeros(len(ds.classes), dtype=np.int64)
+        seen = set()
+        for k in range(lay.offsets[i], lay.offsets[i + 1]):
+            label = int(ds.item_labels[lay.source[k]]) + (10 * int(lay.color[k]) if colors else 0)
+            repeated += label in seen
+            seen.add(label)
+            want[label] = max(want[label], int(lay.size[k]))
+        np.testing.assert_array_equal(got[i], want)
+        np.testing.assert_array_equal(got[i] > 0, ds.targets[i].numpy() > 0)
+    assert repeated > 0  # scenes with two objects of one label occur, so "largest" is exercised
+
+
+def test_kept_scenes_equal_fresh_paintings_and_cannot_be_changed_by_callers(root, monkeypatch):
+    ds = create_dataset("fashion_scenes", root, "train", num_scenes=12, seed=5)
+    first = ds.scene(3)
+    first[:] = 7  # a caller's edit must not reach the kept image
+    again = ds.scene(3)
+    np.testing.assert_array_equal(again, ds._paint(3))
+    assert not np.array_equal(again, first)
+    other = create_dataset("fashion_scenes", root, "train", num_scenes=12, seed=6)  # other options, other images
+    assert not np.array_equal(other.scene(3), again)
+    # Over the size limit nothing is kept, and the scenes are the same.
+    monkeypatch.setattr(fashion_scenes, "PAINT_CACHE_BYTES", 0)
+    big = create_dataset("fashion_scenes", root, "train", num_scenes=12, seed=5)
+    assert big._paint_key is None
+    np.testing.assert_array_equal(big.scene(3), again)
+
+
 def test_image_and_default_transform(root):
     ds = create_dataset("fashion_scenes", root, "test", num_scenes=3, canvas=32, max_size=20)
     img, target = ds[0]
@@ -177,7 +213,8 @@ def test_bad_options_name_the_option(root, options, message):
 
 def test_every_setting_resolves_to_valid_runs(root):
     names = accuracy.list_settings()
-    assert {"demo", "sparse", "clutter", "many_labels", "lowres"} <= set(names)
+    assert {"quadrants", "sparse", "clutter", "many_labels", "lowres"} <= set(names)
+    assert "demo" not in names  # the setting `mlkd demo` ran until it moved to `clutter` is `quadrants`
     seen = {}
     for name in names:
         setting = accuracy.load_setting(name)
@@ -195,13 +232,65 @@ def test_every_setting_resolves_to_valid_runs(root):
     assert seen["many_labels"][4] >= 30
     assert accuracy.load_setting("sparse")["common"]["dataset_options"]["min_items"] == 1
     lowres_teacher, lowres = accuracy.run_configs(accuracy.load_setting("lowres"))
-    demo_teacher, _ = accuracy.run_configs(accuracy.load_setting("demo"))
-    assert lowres.weights and lowres.img_size < demo_teacher.img_size
-    assert accuracy.load_setting("lowres")["teacher_of"] == "demo"
+    quadrants_teacher, _ = accuracy.run_configs(accuracy.load_setting("quadrants"))
+    assert lowres.weights and lowres.img_size < quadrants_teacher.img_size
+    assert accuracy.load_setting("lowres")["teacher_of"] == "quadrants"
+
+
+# Every setting's resolved runs, as computed before `demo` was renamed `quadrants` and before the other
+# settings inherited from it (the fields that decide what a run computes; RunConfig.to_dict() at that time).
+QUADRANTS_COMMON = {"dataset": "fashion_mosaic", "dataset_options": {"num_mosaics": 4000}, "img_size": 56,
+                    "augment": False, "batch_size": 64, "threads": 2}
+QUADRANTS_TEACHER = {"model": "tf_efficientnet_lite0", "weights": "efficientnet-lite0", "img_size": 112,
+                     "model_options": {"embed_dim": 128, "num_heads": 4, "ffn_dim": 256}, "epochs": 4, "lr": 1e-3}
+QUADRANTS_STUDENT = {"model": "tiny_cnn", "model_options": {"embed_dim": 64, "num_heads": 4, "ffn_dim": 128},
+                     "epochs": 8, "lr": 3e-3, "cache_teacher": True}
+
+
+@pytest.mark.parametrize("name, teacher, student", [
+    ("quadrants", {}, {}),
+    ("sparse", {"dataset_options": {"num_mosaics": 4000, "min_items": 1}},
+     {"dataset_options": {"num_mosaics": 4000, "min_items": 1}}),
+    ("many_labels", {"dataset_options": {"num_mosaics": 4000, "colors": 4}, "epochs": 8},
+     {"dataset_options": {"num_mosaics": 4000, "colors": 4}}),
+    ("clutter", {"dataset": "fashion_scenes", "img_size": 96, "dataset_options": {
+        "num_scenes": 4000, "canvas": 96, "min_items": 2, "max_items": 6, "min_size": 8, "max_size": 48,
+        "min_visible": 0.6}},
+     {"dataset": "fashion_scenes", "img_size": 64, "dataset_options": {
+         "num_scenes": 4000, "canvas": 96, "min_items": 2, "max_items": 6, "min_size": 8, "max_size": 48,
+         "min_visible": 0.6}}),
+    ("lowres", {}, {"model": "tf_efficientnet_lite0", "weights": "efficientnet-lite0", "epochs": 1, "lr": None}),
+])
+def test_settings_compute_what_they_computed_before_the_rename(name, teacher, student):
+    setting = accuracy.load_setting(name)
+    own_teacher = setting["teacher_of"] == name
+    teacher_cfg, _ = accuracy.run_configs(setting if own_teacher else accuracy.load_setting(setting["teacher_of"]))
+    _, student_cfg = accuracy.run_configs(setting)
+    want_teacher = {**QUADRANTS_COMMON, **QUADRANTS_TEACHER, **teacher}
+    want_student = {**QUADRANTS_COMMON, **QUADRANTS_STUDENT, **student}
+    if not own_teacher:
+        want_teacher = {**QUADRANTS_COMMON, **QUADRANTS_TEACHER}
+        assert setting["teacher_of"] == "quadrants"
+    assert {k: teacher_cfg.to_dict()[k] for k in want_teacher} == want_teacher
+    assert {k: student_cfg.to_dict()[k] for k in want_student} == want_student
+    assert [m["method"] for m in setting["methods"]] == ["vanilla", "kd", "pkt", "mld", "l2d", "l2d_paper"]
+
+
+def test_the_demo_runs_the_clutter_setting():
+    from mlkd.config import make_config
+    from mlkd.demo import demo_settings
+
+    demo = demo_settings()
+    common = {**demo["common"], "quiet": True}
+    clutter_teacher, clutter_student = accuracy.run_configs(accuracy.load_setting("clutter"))
+    assert make_config(common, **demo["teacher"]).to_dict() == clutter_teacher.to_dict()
+    assert make_config(common, **demo["student"]).to_dict() == clutter_student.to_dict()
+    clutter_methods = {(m["label"], m["method"]) for m in accuracy.load_setting("clutter")["methods"]}
+    assert {(m["label"], m["method"]) for m in demo["methods"]} <= clutter_methods
 
 
 def test_method_selection():
-    setting = accuracy.load_setting("demo")
+    setting = accuracy.load_setting("quadrants")
     labels = [m["label"] for m in setting["methods"]]
     assert [e[0] for e in accuracy.select_methods(setting, None)] == labels
     chosen = accuracy.select_methods(setting, ["vanilla", "l2d-paper", "rkd"])
@@ -214,7 +303,7 @@ def test_method_selection():
 
 
 def test_a_teacher_folder_of_other_settings_is_refused(tmp_path):
-    teacher, _ = accuracy.run_configs(accuracy.load_setting("demo"))
+    teacher, _ = accuracy.run_configs(accuracy.load_setting("quadrants"))
     folder = tmp_path / "teacher"
     folder.mkdir()
     other = {**teacher.to_dict(), "lr": teacher.lr * 3, "output": str(folder)}
@@ -225,7 +314,7 @@ def test_a_teacher_folder_of_other_settings_is_refused(tmp_path):
 
 def test_a_finished_teacher_of_another_thread_count_is_reused(tmp_path):
     # The thread count changes only the last bits of a run: a finished teacher is not trained again for it.
-    teacher, _ = accuracy.run_configs(accuracy.load_setting("demo"))
+    teacher, _ = accuracy.run_configs(accuracy.load_setting("quadrants"))
     folder = tmp_path / "teacher"
     folder.mkdir()
     saved = {**teacher.to_dict(), "threads": None, "output": str(folder)}

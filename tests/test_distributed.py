@@ -184,3 +184,94 @@ def test_torchrun_bench_runs_every_job_in_one_process_group(tmp_path, cli_setup)
     result = json.loads((out / "comparison.json").read_text())
     assert {k: len(v["mAP"]["values"]) for k, v in result["methods"].items()} == {"vanilla": 2, "l2d": 2}
     assert r.stdout.count("| method | mAP |") == 1  # only rank 0 prints the table
+
+
+# --- The teacher cache under DDP: each process fills a share, the shares are exchanged. ---
+
+CACHE_IMAGES = 5 * 64 + 20  # 6 fill chunks, the last one short
+CACHE_VIEWS = 2
+
+
+class _ViewSet(Dataset):
+    """Images drawn from torch's generator, which `AugmentedViews` seeds per (image, view)."""
+
+    classes = [f"c{i}" for i in range(Q)]
+
+    def __len__(self):
+        return CACHE_IMAGES
+
+    def __getitem__(self, i):
+        return torch.rand(3, 40, 40), torch.zeros(Q)
+
+
+def _cache_setup():
+    """A teacher counting the images of each forward pass, its input, the views and an empty cache."""
+    from mlkd.data.views import AugmentedViews
+    from mlkd.engine.teacher_cache import TeacherCache
+
+    torch.set_num_threads(1)  # the same kernels in every process and in the reference
+    torch.manual_seed(0)
+    teacher = create_model("tiny_cnn", Q, embed_dim=16, num_heads=2, ffn_dim=32).eval()
+    batches: list[int] = []
+    teacher.register_forward_hook(lambda m, inp, out: batches.append(inp[0].shape[0]))
+    views = AugmentedViews(_ViewSet(), CACHE_VIEWS, seed=0)
+    cache = TeacherCache(CACHE_IMAGES, CACHE_VIEWS, keep_embeddings=True, feature_levels=None)
+    return teacher, ModelInput(size=48), views, cache, batches
+
+
+def _fill_epochs(cache, teacher, norm, views, shard_of_epoch) -> list[int]:
+    """Fill the views of epochs 0, 1 and 2 (view 1, view 0, view 1 again) as the trainer does."""
+    from mlkd.engine.teacher_cache import fill_view
+
+    seen = []
+    for epoch, view in enumerate((1, 0, 1)):
+        seen.append(fill_view(cache, teacher, norm, views, view, torch.device("cpu"), indices=shard_of_epoch(epoch)))
+    return seen
+
+
+def _stores(cache) -> list[torch.Tensor]:
+    return [cache.logits, cache.embeddings, *cache.features]
+
+
+def _cache_worker(rank: int, init_file: str, out: str) -> None:
+    from torch.utils.data import DistributedSampler
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        teacher, norm, views, cache, batches = _cache_setup()
+        sampler = DistributedSampler(range(CACHE_IMAGES), shuffle=True, seed=0)  # the trainer's sampler
+
+        def shard(epoch):
+            sampler.set_epoch(epoch)
+            return list(sampler)
+
+        seen = _fill_epochs(cache, teacher, norm, views, shard)
+        torch.save({"seen": seen, "batches": batches, "filled": cache.filled, "stores": _stores(cache),
+                    "shard_chunks": sorted({i // 64 for i in shard(0)})}, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_fill_the_teacher_cache_once_and_hold_the_one_process_cache(tmp_path):
+    threads = torch.get_num_threads()
+    try:
+        teacher, norm, views, single, batches = _cache_setup()
+        assert _fill_epochs(single, teacher, norm, views, lambda epoch: None) == [CACHE_IMAGES, CACHE_IMAGES, 0]
+    finally:
+        torch.set_num_threads(threads)
+    assert batches == ([64] * 5 + [20]) * 2  # both views, in fixed chunks of 64
+
+    _spawn(_cache_worker, str(tmp_path / "init"), str(tmp_path / "cache"))
+    ranks = [torch.load(tmp_path / f"cache.{rank}", weights_only=False) for rank in range(WORLD)]
+    # The premise: each process's share of the images touches every chunk, so filling the chunks that
+    # hold its own images alone would run the teacher on the whole view in every process.
+    assert all(r["shard_chunks"] == list(range(6)) for r in ranks)
+    # Whole chunks are dealt out in turn: rank 0 computes chunks 0, 2, 4, rank 1 chunks 1, 3, 5 (the
+    # short one), of each view once; the cached view of epoch 2 costs nothing.
+    assert ranks[0]["seen"] == [3 * 64, 3 * 64, 0] and ranks[0]["batches"] == [64] * 6
+    assert ranks[1]["seen"] == [2 * 64 + 20, 2 * 64 + 20, 0] and ranks[1]["batches"] == [64, 64, 20] * 2
+    for r in ranks:  # every process ends with the one-process cache, bit for bit
+        assert bool(r["filled"].all())
+        assert len(r["stores"]) == len(_stores(single)) == 2 + 4  # logits, embeddings, 4 feature maps
+        for got, want in zip(r["stores"], _stores(single)):
+            assert torch.equal(got, want)

@@ -11,19 +11,15 @@ import yaml
 
 import mlkd
 from mlkd.cli import main
-from mlkd.engine import trainer as trainer_module
 from mlkd.engine.checkpoint import load_checkpoint, save_checkpoint
 from synthetic import write_fashion_like
+from tiny_runs import interrupted_in_epoch, tiny_flags, tiny_run
 
-TINY = {"model_options": {"embed_dim": 32, "num_heads": 2, "ffn_dim": 32}}
+HEAD = {"embed_dim": 32, "num_heads": 2, "ffn_dim": 32}
 
 
 def cli_args(root, output, *extra: str, epochs: int = 2) -> list[str]:
-    return ["--dataset", "fashion_mosaic", "--data-root", str(root), "--dataset-option", "num_mosaics=256",
-            "--img-size", "32", "--batch-size", "16", "--epochs", str(epochs), "--lr", "1e-2",
-            "--model", "tiny_cnn", "--model-option", "embed_dim=32", "--model-option", "num_heads=2",
-            "--model-option", "ffn_dim=32", "--no-augment", "--device", "cpu", "--quiet", "--output", str(output),
-            *extra]
+    return [*tiny_flags(root, output, mosaics=256, epochs=epochs, head=HEAD), *extra]
 
 
 @pytest.fixture(scope="session")
@@ -39,11 +35,7 @@ def teacher(data_root, tmp_path_factory):
 
 
 def run_config(data_root, output, **overrides):
-    values = dict(dataset="fashion_mosaic", data_root=str(data_root), dataset_options={"num_mosaics": 256},
-                  img_size=32, batch_size=16, epochs=2, lr=1e-2, model="tiny_cnn", augment=False, device="cpu",
-                  quiet=True, output=str(output), tensorboard=False, **TINY)
-    values.update(overrides)
-    return values
+    return tiny_run(data_root, output, mosaics=256, head=HEAD, **overrides)
 
 
 def test_train_writes_every_output(teacher):
@@ -96,20 +88,9 @@ def test_resume_matches_an_uninterrupted_run(teacher, data_root, tmp_path, monke
     common = dict(teacher=str(teacher / "best.pt"), method="l2d", epochs=3)
     straight = mlkd.distill(**run_config(data_root, tmp_path / "straight", **common))
 
-    real_run_epoch = trainer_module.run_epoch
-    calls = {"n": 0}
-
-    def killed_in_third_epoch(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real_run_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(trainer_module, "run_epoch", killed_in_third_epoch)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_in_epoch(monkeypatch, 3):
         mlkd.distill(**run_config(data_root, tmp_path / "killed", **common))
     assert load_checkpoint(tmp_path / "killed" / "last.pt")["epoch"] == 2
-    monkeypatch.setattr(trainer_module, "run_epoch", real_run_epoch)
     resumed = mlkd.distill(**run_config(data_root, tmp_path / "killed", resume=True, **common))
 
     a = load_checkpoint(tmp_path / "straight" / "last.pt")["model"]
@@ -276,3 +257,57 @@ def test_atomic_checkpoint_keeps_the_previous_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(2))
     assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]
+
+
+def test_a_run_reads_its_data_once(data_root, tmp_path, monkeypatch):
+    # Pre-flight builds and checks the data sets, and the run trains on those same sets: each split
+    # is read once (the carved validation set reads the training split again, with the eval transform).
+    from mlkd.data.fashion_mosaic import FashionMosaic
+
+    built = []
+    real_init = FashionMosaic.__init__
+
+    def counting_init(self, root=None, split="train", *args, **kwargs):
+        real_init(self, root, split, *args, **kwargs)
+        built.append(split)
+
+    monkeypatch.setattr(FashionMosaic, "__init__", counting_init)
+    mlkd.train(**run_config(data_root, tmp_path / "once", epochs=1))
+    assert sorted(built) == ["test", "train", "train"]
+
+
+def test_no_import_circle_in_the_package():
+    # Every import of an mlkd module by another, at module level or inside a function, as a graph;
+    # a strongly connected set of more than one module is a circle (preflight <-> trainer was one).
+    import ast
+    from pathlib import Path
+
+    package = Path(mlkd.__file__).parent
+    modules = {}
+    for path in package.rglob("*.py"):
+        parts = list(path.relative_to(package.parent).with_suffix("").parts)
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {}
+    for name, path in modules.items():
+        here = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join(here.split(".")[:len(here.split(".")) - node.level + 1] + ([base] if base else []))
+                targets |= {f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names}
+        graph[name] = {t for t in targets if t in modules and t != name}
+
+    def reachable(start):
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in graph[todo.pop()] - seen:
+                seen.add(nxt)
+                todo.append(nxt)
+        return seen
+
+    circles = sorted(name for name in graph if name in reachable(name))
+    assert circles == [], f"import circle among {circles}"

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
+import time
 
 import numpy as np
 import pytest
@@ -255,15 +257,18 @@ def test_small_data_trains(tmp_path):
     assert len(log) == 5 and all(r["epoch_seconds"] > 0 for r in log)
 
 
-def test_schedule_with_exactly_one_warmup_step_is_refused_clearly():
+def test_schedule_with_exactly_one_warmup_step_trains(tmp_path):
+    """Issue 21: 5 epochs of one batch at warm-up 0.2 (a one-step warm-up, which torch's OneCycleLR cannot
+    build) used to be refused; it trains."""
     from mlkd.engine.preflight import check_schedule
 
     cfg = RunConfig(batch_size=128, epochs=5, warmup=0.2, lr=1e-3)
-    with pytest.raises(ValueError, match="a warm-up of exactly one step"):
-        check_schedule(cfg, 90)
-    check_schedule(RunConfig(batch_size=64, epochs=5, warmup=0.2, lr=1e-3), 90)  # 2 steps per epoch
+    assert check_schedule(cfg, 90) == 5
     with pytest.raises(ValueError, match="too few for a batch"):
         check_schedule(cfg, 1)
+    root = write_set(tmp_path / "data", n_train=100, n_test=8)
+    assert main(["train", *run_args(root, tmp_path / "out", epochs=5, batch=128)]) == 0
+    assert (tmp_path / "out" / "metrics.json").is_file()
 
 
 def test_csv_format_is_shown_in_list_and_help(capsys):
@@ -311,3 +316,70 @@ def test_dataset_switch_must_be_boolean(tmp_path):
     root = write_set(tmp_path / "data", n_train=4, n_test=2)
     with pytest.raises(ValueError, match="option skip_unreadable must be true or false .*got 'maybe'"):
         create_dataset("csv", root, "train", skip_unreadable="maybe")
+
+
+# ---- issue 21: loss weights, YAML aliases and config-file messages -------------------------------------
+
+@pytest.mark.parametrize("value", ["-1", ".nan", "nan", "-.inf"])
+def test_bce_weight_is_checked_like_the_lambdas(trained, csv_root, tmp_path, capsys, value):
+    # M2: -1 made the student maximise BCE; nan failed only at the first step, advising a lower --lr.
+    out = tmp_path / "run"
+    err = error_of(capsys, ["distill", "--method", "kd", "--teacher", str(trained / "best.pt"),
+                            *run_args(csv_root, out), "--method-option", f"bce_weight={value}"])
+    assert "method 'kd' refuses its options (bce_weight is a loss weight and must be a finite number >= 0" in err
+    assert err.count("bce_weight") == 1 and "--lr" not in err
+    assert not out.exists()
+    # The same through a config file and through the Python API.
+    config = tmp_path / "weights.yaml"
+    config.write_text(f"method_options: {{bce_weight: {value}}}\n")
+    err = error_of(capsys, ["distill", "--method", "l2d", "--teacher", str(trained / "best.pt"),
+                            *run_args(csv_root, out), "--config", str(config)])
+    assert "bce_weight is a loss weight" in err and not out.exists()
+    with pytest.raises(ValueError, match="bce_weight is a loss weight"):
+        mlkd.distill(teacher=trained / "best.pt", config=str(config), output=str(out))
+    assert not out.exists()
+
+
+def _alias_bomb(path, width=5, depth=9):
+    """A config of ~330 bytes whose ``model_options`` stand for width**depth (2 million) values."""
+    lines = ["model_options:", f"  l0: &l0 [{', '.join(['x'] * width)}]"]
+    lines += [f"  l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * width)}]" for i in range(1, depth)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_yaml_aliases_are_refused_at_once(tmp_path, capsys):
+    # L3: nested aliases were expanded when the config was copied (6 s and growing for this one; the
+    # probe's 422 bytes took 21 s and 1 GB). They are refused before anything is built.
+    bomb = _alias_bomb(tmp_path / "bomb.yaml")
+    start = time.monotonic()
+    with pytest.raises(ValueError, match=rf"config file {re.escape(str(bomb))} uses the YAML alias \*l0 \(line 3\); "
+                                         r"mlkd refuses anchors and aliases .*write the values out instead"):
+        make_config(bomb)
+    err = error_of(capsys, ["train", "--config", str(bomb), "--output", str(tmp_path / "out")])
+    assert time.monotonic() - start < 2
+    assert "uses the YAML alias *l0" in err and str(bomb) in err
+    assert not (tmp_path / "out").exists()
+    # A flag's value is YAML too.
+    with pytest.raises(SystemExit):
+        main(["train", "--model-option", "x=[&a [1, 1], [*a, *a]]"])
+    assert "the value of 'x=[&a [1, 1], [*a, *a]]' uses the YAML alias *a" in capsys.readouterr().err
+
+
+def test_config_that_is_not_utf8_names_the_file(tmp_path, capsys):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("model: r\u00e9seau\n".encode("latin-1"))
+    err = error_of(capsys, ["train", "--config", str(path), "--output", str(tmp_path / "out")])
+    assert f"config file {path} is not UTF-8 text (byte 0xe9 at offset 8); save it as UTF-8" in err
+    path.write_bytes("\ufeffepochs: 3\n".encode("utf-8"))  # a byte-order mark is UTF-8 and fine
+    assert load_yaml(path) == {"epochs": 3}
+
+
+def test_config_that_is_a_folder_suggests_its_config_yaml(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    err = error_of(capsys, ["train", "--config", str(run), "--output", str(tmp_path / "out")])
+    assert f"config file {run} is a folder, not a YAML file; pass a YAML file" in err and "does not exist" not in err
+    (run / "config.yaml").write_text("epochs: 3\n")
+    err = error_of(capsys, ["train", "--config", str(run), "--output", str(tmp_path / "out")])
+    assert f"config file {run} is a folder, not a YAML file; did you mean {run / 'config.yaml'}?" in err

@@ -22,6 +22,7 @@ from mlkd.engine import trainer as trainer_module
 from mlkd.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from mlkd.engine.run_folder import LOCK_NAME, OutputInUseError, RunFolder
 from synthetic import write_fashion_like
+from tiny_runs import interrupted_in_epoch, tiny_flags, tiny_run
 
 # Timing columns differ between any two runs; everything else must match bit for bit.
 TIMING = ("epoch_seconds", "images_per_second")
@@ -33,19 +34,11 @@ def data(tmp_path_factory):
 
 
 def tiny(data, output, **overrides):
-    values = dict(dataset="fashion_mosaic", data_root=str(data), dataset_options={"num_mosaics": 192},
-                  img_size=32, batch_size=16, epochs=2, lr=1e-2, model="tiny_cnn", augment=False, device="cpu",
-                  quiet=True, output=str(output), tensorboard=False, threads=1,
-                  model_options={"embed_dim": 16, "num_heads": 2, "ffn_dim": 16})
-    values.update(overrides)
-    return values
+    return tiny_run(data, output, mosaics=192, **{"threads": 1, **overrides})
 
 
 def cli_flags(data, output, epochs=1):
-    return ["--dataset", "fashion_mosaic", "--data-root", str(data), "--dataset-option", "num_mosaics=192",
-            "--img-size", "32", "--batch-size", "16", "--epochs", str(epochs), "--lr", "1e-2", "--model", "tiny_cnn",
-            "--model-option", "embed_dim=16", "--model-option", "num_heads=2", "--model-option", "ffn_dim=16",
-            "--no-augment", "--device", "cpu", "--threads", "1", "--quiet", "--output", str(output)]
+    return tiny_flags(data, output, mosaics=192, epochs=epochs, threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -210,19 +203,8 @@ def test_quiet_never_changes_the_numbers(data, tmp_path, monkeypatch, caplog):
     # On a terminal: a tqdm bar; and quiet may change on resume.
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
     mlkd.train(**tiny(data, tmp_path / "bar", quiet=False))
-    real = trainer_module.run_epoch
-    calls = {"n": 0}
-
-    def killed_in_second_epoch(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(trainer_module, "run_epoch", killed_in_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_in_epoch(monkeypatch, 2):
         mlkd.train(**tiny(data, tmp_path / "switched"))
-    monkeypatch.setattr(trainer_module, "run_epoch", real)
     mlkd.train(**tiny(data, tmp_path / "switched", quiet=False, resume=True))
     want = load_checkpoint(tmp_path / "quiet" / "last.pt")["model"]
     for name in ("lines", "bar", "switched"):
@@ -413,3 +395,76 @@ def test_demo_never_deletes_and_continues_where_it_stopped(data, tmp_path, monke
     with pytest.raises(FileExistsError, match="other settings"):
         settings["teacher"] = {"model": "tiny_cnn", "epochs": 3}
         demo.run_demo(out, seeds=(0,))
+
+
+# ---------------------------------------------------------------- a run stopped during its set-up
+
+def test_resume_of_a_folder_without_settings_is_refused(tmp_path, capsys):
+    # A run stopped after taking its folder's lock, before writing config.yaml, left only the lock:
+    # `--output R --resume` used to start the built-in default run there and record it as R's.
+    run = tmp_path / "R"
+    run.mkdir()
+    (run / LOCK_NAME).touch()
+    for folder in (run, tmp_path / "never"):
+        assert main(["train", "--output", str(folder), "--resume", "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert f"nothing to resume: {folder} holds no config.yaml and no last.pt" in err
+        assert "start the run again with its settings" in err
+    assert [p.name for p in run.iterdir()] == [LOCK_NAME] and not (tmp_path / "never").exists()
+
+
+def test_a_run_killed_during_set_up_resumes_as_itself(data, tmp_path, monkeypatch):
+    # config.yaml is written right after the lock, before the models are built (seconds with timm
+    # models or --compile-teacher): a kill -9 there leaves the settings that --resume continues.
+    def killed(*args, **kwargs):
+        raise Killed
+
+    monkeypatch.setattr(trainer_module, "create_model", killed)
+    with pytest.raises(Killed):
+        main(["train", *cli_flags(data, tmp_path / "killed")])
+    assert sorted(p.name for p in (tmp_path / "killed").iterdir()) == [LOCK_NAME, "config.yaml"]
+    monkeypatch.undo()
+    assert main(["train", "--output", str(tmp_path / "killed"), "--resume"]) == 0
+    assert main(["train", *cli_flags(data, tmp_path / "straight")]) == 0
+    _tensors_equal(load_checkpoint(tmp_path / "killed" / "last.pt")["model"],
+                   load_checkpoint(tmp_path / "straight" / "last.pt")["model"])
+
+
+def test_ctrl_c_during_set_up_leaves_no_folder_behind(data, tmp_path, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer_module, "create_model", interrupted)
+    assert main(["train", *cli_flags(data, tmp_path / "a" / "b")]) == 130
+    assert not (tmp_path / "a").exists()
+    # Nothing is left to resume, so the hint is not --resume (which would refuse).
+    assert "nothing was written yet; run the same command again" in capsys.readouterr().err
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        mlkd.train(**tiny(data, mine))
+    assert mine.is_dir() and list(mine.iterdir()) == []  # the user's folder stays, emptied of mlkd's files
+
+
+@pytest.mark.parametrize("k", [4, 6])
+def test_tensorboard_holds_each_committed_epoch_once_after_a_kill(k, data, tmp_path, monkeypatch):
+    # Writes: config.yaml, then epoch 1's last.pt, best.pt, log.jsonl, log.csv (its events after them),
+    # then epoch 2's last.pt. Killed at 4, epoch 1 is committed but its events were never written;
+    # killed at 6, they were. Either way the resumed run's events hold epochs 1 and 2, once each.
+    loader = pytest.importorskip("tensorboard.backend.event_processing.event_file_loader")
+    out = tmp_path / "tb"
+    _kill_at(monkeypatch, k)
+    with pytest.raises(Killed):
+        mlkd.train(**tiny(data, out, tensorboard=True))
+    monkeypatch.setattr(files, "replace", os.replace)
+    (out / "tensorboard" / "notes.txt").write_text("not mlkd's")
+    mlkd.train(**tiny(data, out, tensorboard=True, resume=True))
+    events = sorted((out / "tensorboard").glob("events.out.tfevents.*"))
+    counts = {}
+    for path in events:
+        for event in loader.EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                counts[value.tag, event.step] = counts.get((value.tag, event.step), 0) + 1
+    assert {step for _, step in counts} == {1, 2} and set(counts.values()) == {1}
+    assert ("val_mAP", 1) in counts and len(events) == 1
+    assert (out / "tensorboard" / "notes.txt").read_text() == "not mlkd's"

@@ -35,7 +35,7 @@ def test_default_is_compared_with_the_best_rate_of_the_grid(monkeypatch, tmp_pat
 def test_a_default_within_one_point_passes(monkeypatch, tmp_path):
     fit, _ = _fake_fit({1e-3: 0.835, 3e-3: 0.8649}, default=3e-3)
     monkeypatch.setattr(lr_check, "fit", fit)
-    result = lr_check.check_setting("demo", [1e-3, 3e-3], 0, tmp_path)
+    result = lr_check.check_setting("quadrants", [1e-3, 3e-3], 0, tmp_path)
     assert result["runs"]["default"]["lr"] == 3e-3 and result["within_limit"]
 
 

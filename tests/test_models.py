@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -198,3 +199,27 @@ def test_in_chans_option():
     assert model(torch.randn(2, 1, 32, 32)).logits.shape == (2, 3)
     model = create_model("resnet18", 3, in_chans=1, **SMALL_HEAD)
     assert model.forward_logits(torch.randn(1, 1, 64, 64)).shape == (1, 3)
+
+
+@pytest.mark.parametrize("option,value,wants", [
+    ("embed_dim", "abc", "a positive integer"), ("ffn_dim", "abc", "a positive integer"),
+    ("num_heads", 2.5, "a positive integer"), ("embed_dim", 0, "a positive integer"),
+    ("embed_dim", True, "a positive integer"), ("in_chans", "rgb", "a positive integer"),
+    ("dropout", "abc", r"a number in \[0, 1\)"), ("dropout", 1.5, r"a number in \[0, 1\)"),
+    ("learn_queries", "yes", "true or false"),
+])
+def test_model_options_of_the_wrong_type_are_named(option, value, wants):
+    # `--model-option embed_dim=abc` used to raise a TypeError inside default_head_dims.
+    with pytest.raises(ValueError, match=rf"model option {option} must be {wants}.*, got {re.escape(repr(value))} "
+                                         rf"\(e\.g\. --model-option {option}="):
+        create_model("tiny_cnn", 3, **{option: value})
+
+
+def test_the_other_model_arguments_are_checked():
+    with pytest.raises(ValueError, match="img_size must be a positive integer or a pair"):
+        create_model("tiny_cnn", 3, img_size="big")
+    with pytest.raises(ValueError, match="model name must be a string"):
+        create_model(123, 3)
+    with pytest.raises(ValueError, match=r"timm model 'resnet18' refused the options colour \(.*colour.*\); check the "
+                                         "--model-option names"):
+        create_model("resnet18", 3, colour=1)

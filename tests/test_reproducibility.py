@@ -12,6 +12,7 @@ import mlkd
 from mlkd.engine.checkpoint import load_checkpoint
 from mlkd.engine.evaluate import load_scores
 from synthetic import write_fashion_like
+from tiny_runs import tiny_run
 
 # Keys of metrics.json that are results (not timings or paths).
 RESULT_KEYS = ("mAP", "topk_OF1", "topk_CF1", "thr_OF1", "thr_CF1", "thr_OP", "thr_CP", "AP_per_label",
@@ -24,14 +25,9 @@ def data_root(tmp_path_factory):
 
 
 def _config(data_root, output, **overrides):
-    values = dict(dataset="fashion_mosaic", data_root=str(data_root), dataset_options={"num_mosaics": 96},
-                  img_size=32, batch_size=16, epochs=2, lr=1e-2, model="tiny_cnn", augment=False, device="cpu",
-                  quiet=True, output=str(output), tensorboard=False, threads=1,
-                  model_options={"embed_dim": 16, "num_heads": 2, "ffn_dim": 16})
     # A fixed thread count: oneDNN/OpenMP reductions depend on it, so the automatic choice (which follows
     # the machine's load) would change the last bits between runs.
-    values.update(overrides)
-    return values
+    return tiny_run(data_root, output, mosaics=96, **{"threads": 1, **overrides})
 
 
 def _assert_identical(a, b):

@@ -24,6 +24,7 @@ from mlkd.engine.threads import auto_threads, busy_cores, set_threads
 from mlkd.models import create_model
 from mlkd.models.cost import count_macs, count_parameters, cost_lines, human, model_cost, run_costs
 from synthetic import write_fashion_like
+from tiny_runs import tiny_run
 
 # ---------------------------------------------------------------------------------------------- costs
 
@@ -178,12 +179,8 @@ def data_root(tmp_path_factory):
 
 
 def _config(data_root, output, **overrides):
-    values = dict(dataset="fashion_mosaic", data_root=str(data_root), dataset_options={"num_mosaics": 192},
-                  img_size=32, batch_size=16, epochs=1, lr=1e-2, model="tiny_cnn", augment=False, device="cpu",
-                  output=str(output), tensorboard=False, threads=1,
-                  model_options={"embed_dim": 16, "num_heads": 2, "ffn_dim": 16})
-    values.update(overrides)
-    return values
+    # Not quiet: the run summary is what these tests read.
+    return tiny_run(data_root, output, mosaics=192, **{"epochs": 1, "quiet": False, "threads": 1, **overrides})
 
 
 def test_runs_print_a_summary_and_record_costs(data_root, tmp_path, caplog, monkeypatch):

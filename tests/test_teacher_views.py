@@ -15,6 +15,7 @@ from mlkd.engine.teacher_cache import FILL_CHUNK, TeacherCache, check_cache_memo
 from mlkd.models import create_model
 from mlkd.outputs import ModelOutput
 from synthetic import write_fashion_like
+from tiny_runs import interrupted_in_epoch, tiny_run
 
 HEAD = {"embed_dim": 16, "num_heads": 2, "ffn_dim": 32}
 TEACHER_SIZE = 64  # the teacher sees the student's 32 px views resized to its own resolution
@@ -42,11 +43,8 @@ def augmented_set(data_root, n=40):
 
 
 def run_config(data_root, output, **overrides):
-    values = dict(dataset="fashion_mosaic", data_root=str(data_root), dataset_options={"num_mosaics": 150},
-                  img_size=32, batch_size=16, epochs=3, lr=1e-2, model="tiny_cnn", model_options=HEAD,
-                  augment=True, device="cpu", quiet=True, output=str(output), tensorboard=False, method="l2d")
-    values.update(overrides)
-    return values
+    values = {"epochs": 3, "augment": True, "method": "l2d", **overrides}
+    return tiny_run(data_root, output, mosaics=150, head=HEAD, **values)
 
 
 def test_a_view_depends_on_seed_index_and_view_only(data_root):
@@ -214,7 +212,7 @@ def test_k_view_cache_trains_bit_identically_and_teaches_consistently(data_root,
 
     # Consistent teaching: each step's images are exactly the views named by (index, view), and the
     # teacher's outputs (cached or not) are the teacher's on those very images.
-    train_set = trainer_module.build_datasets(make_config(run_config(data_root, tmp_path / "x")))[0]
+    train_set = mlkd.data.build_datasets(make_config(run_config(data_root, tmp_path / "x")))[0]
     views = AugmentedViews(train_set, views=2, seed=0)
     for calls in (p_calls, c_calls):
         model, norm = calls["model"], calls["norm"]
@@ -235,20 +233,9 @@ def test_resume_with_augmentation_cache_and_workers_is_exact(data_root, teacher,
     teacher_cache._POOL.clear()
     straight = mlkd.distill(**run_config(data_root, tmp_path / "straight", **common))
 
-    real_run_epoch = trainer_module.run_epoch
-    calls = {"n": 0}
-
-    def killed_in_third_epoch(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real_run_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(trainer_module, "run_epoch", killed_in_third_epoch)
     teacher_cache._POOL.clear()
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_in_epoch(monkeypatch, 3):
         mlkd.distill(**run_config(data_root, tmp_path / "killed", **common))
-    monkeypatch.setattr(trainer_module, "run_epoch", real_run_epoch)
     # As in a new process: an empty cache, refilled by the resumed run, now with a worker process
     # preparing the augmented views.
     teacher_cache._POOL.clear()

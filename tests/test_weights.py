@@ -187,3 +187,37 @@ def test_packaged_weights_refuse_other_backbones():
         create_model("tiny_cnn", 3, weights="efficientnet-lite0", **SMALL_HEAD)
     with pytest.raises(ValueError, match="unknown packaged weights"):
         packaged_state_dict("efficientnet-lite9")
+
+
+class _NetworkAccess(Exception):
+    """Raised by the patched download functions: reading a checkpoint must never get there."""
+
+
+def test_checkpoint_model_args_never_load_weights_from_elsewhere(tmp_path, monkeypatch, caplog):
+    from timm.models import _builder
+
+    from mlkd.engine.checkpoint import model_from_checkpoint, save_checkpoint
+
+    model = _trained_like(create_model("resnet18", 3, **SMALL_HEAD))
+    # An edited (or foreign) checkpoint whose model_args ask for timm's hub weights and a local file.
+    args = dict(model.model_args, pretrained=True, weights=str(tmp_path / "elsewhere.pt"),
+                checkpoint_path=str(tmp_path / "elsewhere.pth"))
+    path = save_checkpoint({"model": model.state_dict(), "model_args": args, "classes": ["a", "b", "c"]},
+                           tmp_path / "best.pt")
+
+    def no_network(*args, **kwargs):
+        raise _NetworkAccess("a checkpoint triggered a weights download")
+
+    for name in ("load_pretrained", "load_custom_pretrained", "download_cached_file", "load_state_dict_from_hf"):
+        monkeypatch.setattr(_builder, name, no_network)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+    with caplog.at_level(logging.WARNING):
+        rebuilt, _ = model_from_checkpoint(path)
+    _same_state(rebuilt, model)  # the weights come from the checkpoint itself
+    assert "ignoring checkpoint_path, pretrained, weights in its model_args" in caplog.text
+    # Keys that are not options of the model are still refused, clearly.
+    save_checkpoint({"model": model.state_dict(), "model_args": dict(model.model_args, name="tiny_cnn", colour=1),
+                     "classes": ["a", "b", "c"]}, path)
+    with pytest.raises(ValueError, match=r"does not hold a model mlkd can rebuild.*takes no backbone options, "
+                                         "got colour"):
+        model_from_checkpoint(path)

@@ -68,6 +68,10 @@ def _named(items: Sequence[str]) -> str:
     return shown + (f" and {rest} more" if rest > 0 else "")
 
 
+# Formats whose 16-bit grey images PIL opens in its 32-bit mode ``I``, with values in [0, 65535].
+_SIXTEEN_BIT_AS_I = ("PNG", "PPM")
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
     """Convert a decoded image of any mode to 8-bit RGB, keeping the real range of deep images.
 
@@ -76,11 +80,15 @@ def to_rgb(img: Image.Image) -> Image.Image:
     images in [0, 1] by 255 (so that after `to_tensor` they lie in [0, 1] as in the file, at 8-bit
     precision, the precision of the rest of the pipeline).
 
+    A grey PGM whose header's maxval is above 255 opens in mode ``I`` with its pixels already scaled
+    by PIL from [0, maxval] to [0, 65535], so it is read as a 16-bit image: the value ``v`` of a file
+    with maxval ``m`` becomes ``v / m``. (PIL scales colour PPMs to 8 bits itself.)
+
     Raises:
         DataFormatError: a float image with values outside [0, 1] or non-finite values, or a 32-bit
             integer image: their range has no standard meaning, so guessing would silently distort them.
     """
-    if img.mode.startswith("I;16") or (img.mode == "I" and img.format == "PNG"):
+    if img.mode.startswith("I;16") or (img.mode == "I" and img.format in _SIXTEEN_BIT_AS_I):
         pixels = np.asarray(img, dtype=np.int64)
         if pixels.size and (pixels.min() < 0 or pixels.max() > 65535):
             raise DataFormatError(f"16-bit image with values in [{pixels.min()}, {pixels.max()}], outside [0, 65535]")

@@ -15,11 +15,13 @@ around names are ignored), empty for an image with no label. Example::
     "photos/with,comma.jpg",dog
 
 Without ``classes.txt`` the classes are the sorted union of the names used in every split file present,
-so all splits share one class order. Without ``val.csv`` training carves its validation images from
-``train.csv`` (``val_fraction``, seeded). Files are read as UTF-8 unless the ``encoding`` option says
-otherwise. Image paths must stay inside ``root`` (no absolute paths, no ``..`` that leaves it) unless
-``allow_outside_root`` is set. A label name that contains ``;``, ``,`` or a tab is accepted, with a warning that
-the file may use the wrong label separator. ``docs/data.md`` describes the format for users.
+so all splits share one class order. Training validates on ``val.csv`` when the root holds one
+(`CsvDataset.own_val_split`), else it carves its validation images from ``train.csv`` (``val_fraction``,
+seeded). Files are read as UTF-8 unless the ``encoding`` option names another text encoding. Image paths
+must stay inside ``root`` (no absolute paths, no ``..`` that leaves it) unless ``allow_outside_root`` is
+set. Accepted with a warning, once per root: a label name that contains ``;``, ``,`` or a tab (the file
+may use the wrong label separator), an image listed twice in one split file or in two split files, and
+class names that differ only in case. ``docs/data.md`` describes the format for users.
 """
 from __future__ import annotations
 
@@ -43,8 +45,8 @@ _LAYOUT = "train.csv and test.csv (optionally val.csv and classes.txt) with the 
 SUSPECT_SEPARATORS = (";", ",", "\t")
 # The format in a few lines, for `mlkd list` and the train/distill help (docs/data.md has the full text).
 FORMAT_SUMMARY = (
-    "csv data set (--dataset csv --data-root DIR): DIR holds train.csv and test.csv (optionally val.csv; "
-    "without it validation images are carved from train.csv) with the header 'image,labels'; one image per "
+    "csv data set (--dataset csv --data-root DIR): DIR holds train.csv and test.csv (and optionally val.csv, "
+    "the validation images; without it they are carved from train.csv) with the header 'image,labels'; one image per "
     "line: a path relative to DIR, then its labels separated by '|' (e.g. img/1.jpg,cat|dog; empty for no "
     "label). An optional classes.txt (one name per line) fixes the classes and their order. Options: "
     "--dataset-option skip_unreadable=true leaves out missing or broken images; encoding=latin-1 reads "
@@ -52,8 +54,29 @@ FORMAT_SUMMARY = (
 )
 
 
-# Files already warned about by `_warn_suspect_separators`.
-_WARNED: set[Path] = set()
+# How many examples a warning about repeated images or look-alike class names shows.
+_EXAMPLES = 3
+
+# (file or root, kind) already warned about: a run builds the same data set several times (training and
+# validation views, the pre-flight check), and each warning is worth reading once.
+_WARNED: set[tuple[Path, str]] = set()
+
+
+def check_text_encoding(encoding: object) -> str:
+    """Return ``encoding`` if it names a text encoding; else raise `ValueError` with examples.
+
+    `codecs.lookup` also knows codecs that are not text encodings (``rot13``, ``base64``, ``hex``):
+    ``open`` refuses them with a bare `LookupError`, so they are refused here, with the fix.
+    """
+    try:
+        is_text = codecs.lookup(encoding)._is_text_encoding  # type: ignore[arg-type]
+    except (LookupError, TypeError):
+        is_text = None
+    if not is_text:
+        kind = "is not a known encoding" if is_text is None else "is a codec but not a text encoding"
+        raise ValueError(f"csv option encoding={encoding!r} {kind}; name the text encoding of the CSV files, "
+                         "e.g. --dataset-option encoding=utf-8 (the default), latin-1 or cp1252")
+    return str(encoding)
 
 
 def _open_text(path: Path, encoding: str):
@@ -173,11 +196,7 @@ class CsvDataset(ImageListDataset):
         allow_outside_root: bool = False,
     ) -> None:
         root_dir = require_root(root, "csv", _LAYOUT)
-        try:
-            codecs.lookup(encoding)
-        except (LookupError, TypeError):
-            raise ValueError(f"csv option encoding={encoding!r} is not a known text encoding; e.g. utf-8, latin-1, "
-                             "cp1252") from None
+        check_text_encoding(encoding)
         require_file(root_dir / f"{split}.csv", f"{split} split", f"Write {split}.csv with the header 'image,labels'.")
         # Every split file is read, so that the class list (and order) is the same whichever split is built.
         parsed = {s: read_split_csv(root_dir / f"{s}.csv", encoding)
@@ -209,6 +228,8 @@ class CsvDataset(ImageListDataset):
                 raise DataFormatError(
                     f"{files}: no label is used anywhere. Label the images, or list the classes in classes.txt."
                 )
+        _warn_repeated_images(root_dir, parsed)
+        _warn_case_variants(root_dir, classes)
         column = {name: k for k, name in enumerate(classes)}
         rows = parsed[split]
         targets = np.zeros((len(rows), len(classes)), dtype=np.uint8)
@@ -222,6 +243,12 @@ class CsvDataset(ImageListDataset):
             skip_unreadable,
             origins=[f"{split}.csv:{line}" for line, _, _ in rows],
         )
+
+    @staticmethod
+    def own_val_split(root: str | os.PathLike | None) -> str | None:
+        """``"val"`` when ``root`` holds ``val.csv``, else ``None`` (training then carves validation images
+        from ``train.csv``); see `mlkd.data.registry.own_val_split`."""
+        return "val" if root is not None and (Path(root) / "val.csv").is_file() else None
 
 
 def _check_inside_root(path: Path, rows: list[tuple[int, str, list[str]]]) -> None:
@@ -240,12 +267,78 @@ def _check_inside_root(path: Path, rows: list[tuple[int, str, list[str]]]) -> No
             )
 
 
+def _first_time(where: Path, kind: str) -> bool:
+    """True the first time this process asks about warning ``kind`` for ``where`` (see `_WARNED`)."""
+    if (where, kind) in _WARNED:
+        return False
+    _WARNED.add((where, kind))
+    return True
+
+
+def _image_key(image: str) -> str:
+    """The written image path in a form where ``img/a.png``, ``./img/a.png`` and ``img//a.png`` agree."""
+    return os.path.normpath(image.replace("\\", "/"))
+
+
+def _warn_repeated_images(root: Path, parsed: dict[str, list[tuple[int, str, list[str]]]]) -> None:
+    """Warn (once per root) about images listed twice in one split file, or in two split files.
+
+    A repeated line counts as another image: training sees it more often, a validation set carved from
+    ``train.csv`` can hold a copy of a training image (validation mAP then rises towards 1), and an image
+    in both ``train.csv`` and ``test.csv`` is scored on after being trained on.
+    """
+    lines: dict[str, dict[str, list[int]]] = {}  # split -> image key -> its line numbers
+    for split, rows in parsed.items():
+        lines[split] = {}
+        for line, image, _ in rows:
+            lines[split].setdefault(_image_key(image), []).append(line)
+    for split, images in lines.items():
+        repeated = {key: at for key, at in images.items() if len(at) > 1}
+        if repeated and _first_time(root / f"{split}.csv", "repeated"):
+            examples = "; ".join(f"{key} at lines {', '.join(map(str, at))}"
+                                 for key, at in list(repeated.items())[:_EXAMPLES])
+            effect = ("training sees them more often, and validation carved from train.csv (when there is no "
+                      "val.csv) can hold copies of training images" if split == "train" else
+                      f"the {split} mAP counts them more than once")
+            logger.warning(
+                "%s lists %d image(s) more than once (%d extra lines; e.g. %s): each copy counts as another "
+                "image, so %s. Remove the repeated lines.",
+                root / f"{split}.csv", len(repeated), sum(len(at) - 1 for at in repeated.values()), examples, effect,
+            )
+    for first, second in (("train", "test"), ("train", "val"), ("val", "test")):
+        if first not in lines or second not in lines:
+            continue
+        shared = [key for key in lines[first] if key in lines[second]]
+        if shared and _first_time(root, f"shared {first} {second}"):
+            examples = "; ".join(f"{key} ({first}.csv:{lines[first][key][0]}, {second}.csv:{lines[second][key][0]})"
+                                 for key in shared[:_EXAMPLES])
+            logger.warning(
+                "%d image(s) are listed in both %s.csv and %s.csv in %s (e.g. %s): the %s metrics then score "
+                "images the model was trained or selected on. List each image in one split file only.",
+                len(shared), first, second, root, examples, "test" if second == "test" else "validation",
+            )
+
+
+def _warn_case_variants(root: Path, classes: list[str]) -> None:
+    """Warn (once per root) about class names that differ only in case: each is a class of its own."""
+    groups: dict[str, list[str]] = {}
+    for name in classes:
+        groups.setdefault(name.casefold(), []).append(name)
+    variants = [names for names in groups.values() if len(names) > 1]
+    if variants and _first_time(root, "case"):
+        examples = "; ".join(" and ".join(map(repr, names)) for names in variants[:_EXAMPLES])
+        logger.warning(
+            "%s: %d group(s) of class names differ only in case (e.g. %s); each name is a class of its own. "
+            "If they mean one label, write it the same way everywhere.",
+            root, len(variants), examples,
+        )
+
+
 def _warn_suspect_separators(path: Path, rows: list[tuple[int, str, list[str]]]) -> None:
     """Warn once per file when label names contain characters that look like a different label separator."""
     suspects = [(line, name) for line, _, names in rows for name in names
                 if any(c in name for c in SUSPECT_SEPARATORS)]
-    if suspects and path not in _WARNED:
-        _WARNED.add(path)  # once per file and process: a run builds the same split several times
+    if suspects and _first_time(path, "separator"):
         line, name = suspects[0]
         parts = name
         for sep in SUSPECT_SEPARATORS:

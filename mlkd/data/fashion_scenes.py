@@ -19,7 +19,9 @@ Train scenes are built only from Fashion-MNIST's train split and test scenes onl
 after another, so no item repeats before every item has been used once. Everything is drawn from
 ``seed`` (different streams for train and test), so equal options give identical scenes. The layout
 (items, sizes, positions, colours) is computed once per process and option set; images are painted
-on demand.
+on demand, and kept (per process, for the two latest option sets and splits) when a split's images
+take at most `PAINT_CACHE_BYTES`: a training run then paints each scene once, not once per epoch
+(painting was half of a small student's epoch in `mlkd demo`).
 """
 from __future__ import annotations
 
@@ -46,6 +48,8 @@ FOREGROUND = 16
 #: Random positions tried per item before it is left out of its scene.
 PLACEMENT_TRIES = 20
 DEFAULT_NUM_SCENES = {"train": 10_000, "test": 2_000}
+#: Largest split (scenes x canvas^2 x 3 bytes) whose painted images are kept in memory.
+PAINT_CACHE_BYTES = 512 * 2**20
 # Streams distinct from fashion_mosaic's ([seed, 0] and [seed, 1]).
 _SPLIT_STREAM = {"train": 10, "test": 11}
 
@@ -138,6 +142,13 @@ def _layout(folder: Path, split: str, count: int, seed: int, canvas: int, min_it
     return SceneLayout(*arrays)
 
 
+@functools.lru_cache(maxsize=2)
+def _painted(key: tuple, count: int, canvas: int) -> tuple[np.ndarray, np.ndarray]:
+    """The kept images of the layout ``key`` (`_layout`'s arguments): ``[count, canvas, canvas, 3]`` uint8
+    and ``[count]`` bool, which of them are painted. Two entries: a run's train and test splits."""
+    return np.zeros((count, canvas, canvas, 3), dtype=np.uint8), np.zeros(count, dtype=bool)
+
+
 @register_dataset("fashion_scenes", splits=("train", "test"))
 class FashionScenes(Dataset):
     """Cluttered scenes of Fashion-MNIST items of different sizes (see the module doc).
@@ -196,14 +207,26 @@ class FashionScenes(Dataset):
         if len(self.items) == 0:
             raise DataFormatError(f"the Fashion-MNIST {split} files hold no images")
         self.canvas = canvas
-        self.layout = _layout(folder, split, count, seed, canvas, min_items, max_items, min_size, max_size,
-                              float(min_visible), colors)
+        key = (folder, split, count, seed, canvas, min_items, max_items, min_size, max_size, float(min_visible),
+               colors)
+        self.layout = _layout(*key)
+        # Not the images themselves: a data loader's workers get a copy of the data set, not of the cache.
+        self._paint_key = key if count * canvas * canvas * 3 <= PAINT_CACHE_BYTES else None
         self.classes = color_class_names(colors)
 
     def object_labels(self) -> np.ndarray:
         """``[M]`` int64 label index of every object of the layout (class, or colour x 10 + class)."""
         labels = self.item_labels[self.layout.source]
         return labels + len(CLASSES) * self.layout.color if self.colors else labels
+
+    def largest_sizes(self) -> np.ndarray:
+        """``[num_scenes, q]`` int64: per scene and label, the side in canvas pixels of the label's largest
+        object in the scene (its resized size, however much of it is hidden); 0 where the label is absent."""
+        lay = self.layout
+        scene = np.repeat(np.arange(len(self)), np.diff(lay.offsets))
+        sizes = np.zeros((len(self), len(self.classes)), dtype=np.int64)
+        np.maximum.at(sizes, (scene, self.object_labels()), lay.size)
+        return sizes
 
     @property
     def targets(self) -> Tensor:
@@ -218,7 +241,16 @@ class FashionScenes(Dataset):
         return len(self.layout.offsets) - 1
 
     def scene(self, index: int) -> np.ndarray:
-        """Scene ``index`` painted as ``[canvas, canvas, 3]`` uint8 RGB."""
+        """Scene ``index`` painted as ``[canvas, canvas, 3]`` uint8 RGB (a new array)."""
+        if self._paint_key is None:
+            return self._paint(index)
+        images, done = _painted(self._paint_key, len(self), self.canvas)
+        if not done[index]:
+            images[index] = self._paint(index)
+            done[index] = True
+        return images[index].copy()
+
+    def _paint(self, index: int) -> np.ndarray:
         lay = self.layout
         out = np.zeros((self.canvas, self.canvas, 3), dtype=np.uint8)
         for k in range(lay.offsets[index], lay.offsets[index + 1]):

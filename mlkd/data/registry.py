@@ -1,4 +1,5 @@
-"""Registry of data sets: `create_dataset(name, root, split, transform, **options)` and `list_datasets()`.
+"""Registry of data sets: `create_dataset(name, root, split, transform, **options)`, `list_datasets()` and
+`own_val_split(name, root)`.
 
 A reader registers its class with ``@register_dataset("name", splits=(...))``. The class is built as
 ``cls(root, split, transform, **options)``; its keyword-only constructor parameters are its options, so
@@ -60,6 +61,18 @@ def dataset_splits(name: str) -> tuple[str, ...]:
 def dataset_options(name: str) -> dict[str, object]:
     """The options of data set ``name`` with their defaults (raises like `create_dataset`)."""
     return dict(_entry(name).options)
+
+
+def own_val_split(name: str, root: str | os.PathLike | None) -> str | None:
+    """The validation split that data set ``name`` holds under ``root``, or ``None``.
+
+    A run that names no ``val_split`` validates on this split; with ``None`` it carves its validation
+    images from the training split. A reader offers one through a static method
+    ``own_val_split(root) -> str | None`` that only looks for files (it must not parse them). Only ``csv``
+    does (``"val"`` when ``root`` holds ``val.csv``); the other readers' presets carve, and keep doing so.
+    """
+    hook = getattr(_entry(name).cls, "own_val_split", None)
+    return None if hook is None else hook(root)
 
 
 def _entry(name: str) -> _Entry:

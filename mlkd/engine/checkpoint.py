@@ -14,6 +14,7 @@ Everything in it is a tensor, a number, a string, ``None`` or a list/tuple/dict 
 """
 from __future__ import annotations
 
+import logging
 import pickle
 import random
 import re
@@ -27,6 +28,8 @@ from torch import nn
 
 from mlkd.files import atomic_write, make_folder
 from mlkd.models import create_model
+
+logger = logging.getLogger(__name__)
 
 _PLAIN = (str, int, float, bool, type(None), torch.dtype, torch.device, torch.Size)
 
@@ -76,6 +79,19 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
+def recorded_config(path: str | Path) -> dict[str, Any]:
+    """The run settings a checkpoint records under ``"config"``: what the run folder's config.yaml holds.
+
+    Raises:
+        FileNotFoundError, ValueError: as `load_checkpoint`; ValueError also when it records no settings.
+    """
+    config = load_checkpoint(path).get("config")
+    if not isinstance(config, dict) or not config:
+        raise ValueError(f"checkpoint {path} records no run settings ('config'); pass the run's settings "
+                         "with --config FILE.yaml")
+    return dict(config)
+
+
 def _unreadable(path: Path, err: Exception) -> ValueError:
     first_line = str(err).strip().splitlines()[-1] if str(err).strip() else ""
     return ValueError(f"checkpoint {path} cannot be read ({type(err).__name__}: {first_line}); "
@@ -85,6 +101,9 @@ def _unreadable(path: Path, err: Exception) -> ValueError:
 def model_from_checkpoint(path: str | Path | dict[str, Any], map_location: str | torch.device = "cpu",
                           source: str | Path | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model saved in a checkpoint and load its weights.
+
+    The architecture is rebuilt from the checkpoint's ``model_args`` without any argument that loads
+    weights (`rebuild_args`): reading a checkpoint never downloads anything.
 
     Args:
         path: the checkpoint file, or its already loaded dict.
@@ -104,13 +123,40 @@ def model_from_checkpoint(path: str | Path | dict[str, Any], map_location: str |
         raise ValueError(f"{where} is not an mlkd checkpoint ('model_args' and 'model' must be dicts, 'classes' "
                          "a list of label names); use a last.pt or best.pt written by mlkd train/distill")
     try:
-        model = create_model(**state["model_args"])
+        model = create_model(**rebuild_args(state["model_args"], where))
         model.load_state_dict(state["model"])
     except (TypeError, ValueError, RuntimeError, KeyError) as err:  # what create_model and load_state_dict raise
         lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
         raise ValueError(f"{where} does not hold a model mlkd can rebuild ({type(err).__name__}: "
                          f"{' '.join(lines[:2])[:300]}); it is damaged or was written by another program") from None
     return model.eval(), state
+
+
+# create_model / timm.create_model arguments that load weights from somewhere: timm's hub or a URL
+# (``pretrained``, ``pretrained_cfg*``, ``cache_dir``) or a local file (``weights``, ``checkpoint_path``).
+# A checkpoint carries its own weights, so a file never gets to choose these.
+LOADING_ARGS = frozenset({"pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "weights",
+                          "checkpoint_path", "strict"})
+
+
+def rebuild_args(model_args: dict[str, Any], where: str = "the checkpoint") -> dict[str, Any]:
+    """The ``create_model`` arguments that rebuild a checkpoint's architecture, and nothing that loads weights.
+
+    mlkd writes ``model_args`` without the loading arguments (`LOADING_ARGS`); a file that has them was
+    edited or written by another program. They are dropped (``pretrained`` is forced off), so that reading
+    a checkpoint never reaches the network or another file: the weights come from the checkpoint itself.
+    Any other key is an architecture option; one that the model does not take is refused by `create_model`.
+
+    Args:
+        model_args: the checkpoint's ``"model_args"``.
+        where: names the checkpoint in the log.
+    """
+    args = {k: v for k, v in model_args.items() if k not in LOADING_ARGS}
+    ignored = sorted(str(k) for k, v in model_args.items() if k in LOADING_ARGS and v not in (None, False))
+    if ignored:
+        logger.warning("%s: ignoring %s in its model_args (the weights come from the checkpoint itself; "
+                       "a checkpoint never loads weights from the network or another file)", where, ", ".join(ignored))
+    return args
 
 
 def rng_state() -> dict[str, Any]:

@@ -5,6 +5,7 @@ Without torchrun (no ``WORLD_SIZE`` in the environment) everything here is a no-
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -127,3 +128,43 @@ def gather_structure_inputs(student_emb: Tensor, teacher_emb: Tensor, targets: T
     # gloo cannot all-gather bool tensors: move label masks as bytes.
     labels = all_gather_with_grad(targets.to(torch.uint8)).to(targets.dtype)
     return all_gather_with_grad(student_emb), all_gather_with_grad(teacher_emb.detach()), labels
+
+
+def any_rank(mask: Tensor) -> Tensor:
+    """Element-wise OR over the ranks of a bool ``mask`` (on this rank's device); ``mask`` alone without a group."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return mask
+    counts = mask.to(torch.int32)  # gloo reduces no bool tensors
+    dist.all_reduce(counts, op=dist.ReduceOp.MAX)
+    return counts.bool()
+
+
+def exchange(parts: list[Tensor] | None, device: torch.device) -> Iterator[list[Tensor]]:
+    """Every rank's ``parts``, in rank order, on every rank; a rank with None contributes nothing.
+
+    A generator: every rank must consume it whole (each step is a collective). Contributions may differ
+    in their first dimension; their count of tensors, dtypes and other dimensions must agree. One rank's
+    contribution is sent at a time (a broadcast from it), so the memory it takes is one contribution,
+    whatever the number of ranks. Without a process group: ``parts`` itself, if any.
+
+    Args:
+        parts: this rank's tensors, on ``device``, or None.
+        device: where tensors are received (this rank's GPU under NCCL).
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        if parts is not None:
+            yield parts
+        return
+    layout = None if parts is None else [(tuple(p.shape), p.dtype) for p in parts]
+    layouts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(layouts, layout)
+    for src, shapes in enumerate(layouts):
+        if shapes is None:
+            continue
+        if src == dist.get_rank():
+            received = [p.contiguous() for p in parts]
+        else:
+            received = [torch.empty(shape, dtype=dtype, device=device) for shape, dtype in shapes]
+        for t in received:
+            dist.broadcast(t, src=src)
+        yield received

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mlkd.engine.distributed import all_gather_varlen, current_info
 from mlkd.engine.logging import progress
+from mlkd.memory import OutOfMemoryError, is_out_of_memory, out_of_memory
 from mlkd.files import atomic_write
 from mlkd.metrics import average_precision_per_label, multilabel_metrics
 
@@ -96,25 +97,51 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device, norm: Mo
 
     Returns:
         ``scores [n, q]`` and ``targets [n, q]`` as float64 numpy arrays.
+
+    Raises:
+        OutOfMemoryError: a batch did not fit in memory; the message names the batch and image sizes.
     """
     was_training = model.training
     model.eval()
     norm = norm.to(device)
     scores, targets, indices = [], [], []
-    for images, target, index in progress(loader, len(loader), "eval", show_progress):
-        images = norm(images.to(device, non_blocking=True))
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = _logits(model, images)
-        scores.append(torch.sigmoid(logits.float()))
-        targets.append(target.to(device, torch.float32))
-        indices.append(index.to(device))
-    model.train(was_training)
+    shape = None  # of the last batch the loader delivered, for an out-of-memory report
+    try:
+        for images, target, index in progress(loader, len(loader), "eval", show_progress):
+            shape = tuple(images.shape)
+            images = norm(images.to(device, non_blocking=True))
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = _logits(model, images)
+            scores.append(torch.sigmoid(logits.float()))
+            targets.append(target.to(device, torch.float32))
+            indices.append(index.to(device))
+    except (MemoryError, RuntimeError) as err:
+        if not is_out_of_memory(err):
+            raise
+        raise _scoring_out_of_memory(err, loader, device, shape) from err
+    finally:
+        model.train(was_training)
     q = len(getattr(loader.dataset.dataset, "classes", [])) or 0
     cat = lambda xs, shape: torch.cat(xs) if xs else torch.zeros(shape, device=device)  # noqa: E731
     scores_t = all_gather_varlen(cat(scores, (0, q)))
     targets_t = all_gather_varlen(cat(targets, (0, q)))
     order = torch.argsort(all_gather_varlen(cat(indices, (0,)).long()))
     return scores_t[order].double().cpu().numpy(), targets_t[order].double().cpu().numpy()
+
+
+def _scoring_out_of_memory(err: BaseException, loader: DataLoader, device: torch.device,
+                           shape: tuple[int, ...] | None) -> OutOfMemoryError:
+    """The report of a batch that did not fit: its size, its images' size, and what to lower."""
+    batch = loader.batch_size
+    if shape is not None:  # a batch was delivered: its sizes are known
+        sizes = f"batches of {batch} images of {shape[-2]}x{shape[-1]} px"
+        img_size = f" (now {shape[-1]})"
+    else:  # the loader failed while reading or stacking the first batch
+        sizes = f"batches of {batch} images"
+        img_size = ""
+    return out_of_memory(err, f"scoring on {device}", sizes,
+                         f"pass a smaller --batch-size (now {batch}), or a smaller --img-size{img_size} "
+                         "if the model allows it")
 
 
 def _logits(model: nn.Module, images: Tensor) -> Tensor:

@@ -21,6 +21,8 @@ log = logging.getLogger("mlkd")
 
 # Without a terminal (a log file, CI), a progress line every this many seconds within long phases.
 PROGRESS_INTERVAL_S = 60.0
+# The end of the names of the TensorBoard event files a run writes: a resumed run replaces its own, no others.
+EVENTS_SUFFIX = ".mlkd"
 
 
 class Progress:
@@ -75,7 +77,11 @@ class RunLogger:
 
     The files are rewritten whole (atomically) from the run's history after each epoch's commit, so
     after a crash and ``--resume`` they hold exactly the committed epochs, as in an uninterrupted run.
-    Only the process that writes files (rank 0) creates one.
+    TensorBoard's event files can only grow, so a run rebuilds them when it starts: it writes the
+    committed history (a resumed run's) into a new event file, then removes the event files of its
+    earlier sessions (named with `EVENTS_SUFFIX`). They then hold each committed epoch once, also one
+    whose events a crash between the commit and the logs cut off. Only the process that writes files
+    (rank 0) creates one.
     """
 
     def __init__(self, folder: Path, tensorboard: bool = True, history: Sequence[dict[str, Any]] = ()):
@@ -84,23 +90,31 @@ class RunLogger:
         self.csv = folder / "log.csv"
         self.records: list[dict[str, Any]] = []
         self.writer = None
+        earlier: list[Path] = []
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:  # tensorboard is optional
                 log.info("tensorboard is not installed; writing log.csv and log.jsonl only")
             else:
-                self.writer = SummaryWriter(str(folder / "tensorboard"))
+                events = folder / "tensorboard"
+                earlier = sorted(events.glob(f"events.out.tfevents.*{EVENTS_SUFFIX}")) if events.is_dir() else []
+                # purge_step: TensorBoard hides the events of earlier sessions from the history's first epoch
+                # on, should an event file of theirs stay (written without the suffix by an older mlkd).
+                self.writer = SummaryWriter(str(events), purge_step=history[0]["epoch"] if history else None,
+                                            filename_suffix=EVENTS_SUFFIX)
         if history:  # a resumed run: the files as of its last commit
-            self.write(history, mirror=False)
+            self.write(history)
+        for path in earlier:  # only now: a crash before this point leaves the old files, not none
+            path.unlink(missing_ok=True)
 
-    def write(self, history: Sequence[dict[str, Any]], mirror: bool = True) -> None:
+    def write(self, history: Sequence[dict[str, Any]]) -> None:
         """Rewrite the files from ``history`` (every committed epoch); send new epochs to TensorBoard."""
         new = history[len(self.records):]
         self.records = [dict(r) for r in history]
         atomic_write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in self.records))
         atomic_write_text(self.csv, _csv_text(self.records))
-        if self.writer is not None and mirror:
+        if self.writer is not None:
             for record in new:
                 for key, value in record.items():
                     if key != "epoch" and isinstance(value, (int, float)) and math.isfinite(value):

@@ -1,8 +1,9 @@
 """Checks that run before a training run writes anything: the distiller's options and the data.
 
 A misspelt ``--lambda`` used to fail after the output folder was created, and a broken test image or a
-validation split without a positive label after hours of training. `check_run` finds these in seconds,
-before the output folder is touched, and says what to change.
+validation split without a positive label after hours of training. `preflight` finds these in seconds,
+before the output folder is touched, and says what to change; the trainer then trains on the data sets
+it checked.
 
 Cost of the image check, per split: a split of at most `DECODE_ALL_MAX` images is decoded in full (at
 reduced scale for JPEG); a larger split has every file's header read (that catches files that are not
@@ -11,6 +12,7 @@ split built with ``skip_unreadable`` was already decoded in full and is not chec
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import math
@@ -23,9 +25,10 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from mlkd.config import RunConfig
-from mlkd.data import ImageListDataset
+from mlkd.data import ImageListDataset, Splits, build_datasets
 from mlkd.data.base import SKIP_HINT
 from mlkd.data.loaders import train_batches
+from mlkd.data.registry import own_val_split
 from mlkd.losses import create_distiller
 
 log = logging.getLogger("mlkd")
@@ -36,7 +39,27 @@ DECODE_SAMPLE = 200
 _NAMES_SHOWN = 10
 
 
+@dataclasses.dataclass(frozen=True)
+class CheckedRun:
+    """What `preflight` found good: the run's data sets and its schedule's length.
+
+    Attributes:
+        sets: the training, validation and test sets as checked; the trainer trains on these, so a
+            run reads its data (and decodes the checked images) once.
+        steps: the number of optimizer steps of the learning-rate schedule (what the default lr
+            depends on).
+    """
+
+    sets: Splits
+    steps: int
+
+
 def check_run(cfg: RunConfig, world_size: int = 1) -> int:
+    """`preflight`'s checks, for callers that need only the schedule's number of optimizer steps."""
+    return preflight(cfg, world_size).steps
+
+
+def preflight(cfg: RunConfig, world_size: int = 1) -> CheckedRun:
     """Check a run's distiller options and data before anything is written.
 
     Args:
@@ -44,15 +67,15 @@ def check_run(cfg: RunConfig, world_size: int = 1) -> int:
         world_size: processes the training set is shared between (torchrun), for the batch count.
 
     Returns:
-        The number of optimizer steps of the learning-rate schedule (what the default lr depends on).
+        The data sets, built from ``cfg`` and checked, and the schedule's number of optimizer steps.
 
     Raises:
         ValueError: an unknown distiller, weight (``--lambda``) or option (``--method-option``); an empty
             split; a validation or test split without any positive label; an unreadable image; a training
-            set too small for one batch, or a schedule that torch's OneCycleLR cannot build. Each message
-            names the split or option and the fix.
+            set too small for one batch. Each message names the split or option and the fix.
         FileNotFoundError: a missing teacher checkpoint, data folder or split file.
     """
+    cfg = resolve_val_split(cfg)
     distiller = check_distiller_options(cfg.method, cfg.lambdas, cfg.method_options)
     if distiller.requires_teacher:
         if not cfg.teacher:
@@ -60,10 +83,8 @@ def check_run(cfg: RunConfig, world_size: int = 1) -> int:
                              "by mlkd train)")
         if not Path(cfg.teacher).is_file():
             raise FileNotFoundError(f"--teacher {cfg.teacher} does not exist; pass the best.pt of an mlkd train run")
-    # Imported here: the trainer imports this module.
-    from mlkd.engine.trainer import build_datasets
-
-    train_set, val_set, test_set = build_datasets(cfg)
+    sets = build_datasets(cfg)
+    train_set, val_set, test_set = sets
     val_name = (f"validation split {cfg.val_split!r}" if cfg.val_split is not None
                 else f"validation split (the {cfg.val_fraction:g} of {cfg.train_split!r} held out for validation)")
     splits = [(f"training split {cfg.train_split!r}", train_set), (val_name, val_set),
@@ -76,7 +97,18 @@ def check_run(cfg: RunConfig, world_size: int = 1) -> int:
     for name, data in splits:
         check_positives(name, data, classes, required=data is not train_set)
     check_images(splits)
-    return check_schedule(cfg, len(train_set), world_size)
+    return CheckedRun(sets, check_schedule(cfg, len(train_set), world_size))
+
+
+def resolve_val_split(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with ``val_split`` set to the data set's own validation split (csv: ``val.csv``) when it
+    names none and the data set holds one; else ``cfg`` unchanged, and validation is carved from the
+    training split. A run records the result in ``config.yaml``, so ``--resume`` compares it as set.
+    """
+    if cfg.val_split is not None:
+        return cfg
+    split = own_val_split(cfg.dataset, cfg.data_root)
+    return cfg if split is None else dataclasses.replace(cfg, val_split=split)
 
 
 def check_distiller_options(method: str, lambdas: dict[str, float], options: dict[str, Any]) -> nn.Module:
@@ -180,22 +212,14 @@ def check_images(splits: list[tuple[str, Dataset]]) -> None:
 
 
 def check_schedule(cfg: RunConfig, n_train: int, world_size: int = 1) -> int:
-    """Refuse a training set too small for one batch, and a OneCycle schedule torch cannot build; return
-    the schedule's number of optimizer steps.
+    """Refuse a training set too small for one batch; return the schedule's number of optimizer steps.
 
-    torch's OneCycleLR divides by the length of its warm-up phase, ``warmup * total_steps - 1``; when that
-    is exactly 0 (e.g. 5 steps with warm-up 0.2) it raises ZeroDivisionError at the first step.
+    Every length of schedule trains (`mlkd.engine.schedule.build_schedule`), a warm-up of exactly one step
+    included.
     """
     per_process = math.ceil(n_train / world_size)  # a DistributedSampler pads every share to this size
     steps = train_batches(per_process, cfg.batch_size)
     if steps == 0:
         raise ValueError(f"the training set has {n_train} image(s): too few for a batch (training needs at least "
                          f"2 images per process); add images or lower val_fraction")
-    total = (cfg.schedule_epochs or cfg.epochs) * steps
-    if float(cfg.warmup * total) == 1.0:
-        raise ValueError(
-            f"the learning-rate schedule has {total} steps ({steps} per epoch: {n_train} training images in "
-            f"batches of {cfg.batch_size}) and warm-up {cfg.warmup:g}, i.e. a warm-up of exactly one step, which "
-            "torch's OneCycleLR cannot build; change --epochs or --batch-size, or set warmup (e.g. warmup: 0.25)"
-        )
-    return total
+    return (cfg.schedule_epochs or cfg.epochs) * steps

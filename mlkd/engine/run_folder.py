@@ -15,9 +15,10 @@ import errno
 import fcntl
 import logging
 import os
+import stat
 from pathlib import Path
 
-from mlkd.files import orphan_temps, remove_orphan_temps
+from mlkd.files import orphan_temps, remove_orphan_temps, temp_target
 
 log = logging.getLogger("mlkd")
 
@@ -32,6 +33,18 @@ _LEGACY_TEMPS = frozenset({"config.yaml.tmp", "metrics.json.tmp"})
 
 class OutputInUseError(OSError):
     """Another process holds the output folder's lock."""
+
+
+def output_folder(path: str | Path) -> Path:
+    """``path`` as a `Path`, refusing an empty one (``Path("")`` would be the current folder).
+
+    Raises:
+        ValueError: ``path`` is empty or blank.
+    """
+    if not str(path).strip():
+        raise ValueError(f"the output folder is empty ({str(path)!r}); name a folder, e.g. --output runs/my_run "
+                         "(--output . writes into the current folder)")
+    return Path(path)
 
 
 def foreign_entries(folder: Path, allowed: frozenset[str] = RUN_FILES | RUN_DIRS) -> list[str]:
@@ -52,7 +65,7 @@ class RunFolder:
     """
 
     def __init__(self, path: str | Path, own_names: frozenset[str] = RUN_FILES | RUN_DIRS):
-        self.path = Path(path)
+        self.path = output_folder(path)
         self.own_names = own_names
         self.created: list[Path] = []  # folders this process created, deepest last
         self.used_before = False  # an mlkd process opened it before (its lock file exists)
@@ -64,15 +77,21 @@ class RunFolder:
 
         Raises:
             OutputInUseError: another process writes into the folder.
+            FileExistsError: one of mlkd's own names in the folder is a symbolic link, or its lock is not
+                a plain file; the message names it.
             OSError: the folder cannot be created or written (a file in the way, read-only), named.
         """
         self._make_dirs()
         lock = self.path / LOCK_NAME
-        self.used_before = lock.exists()
+        self._refuse_links()
+        self.used_before = lock.exists()  # a plain file here: `_refuse_links` refused anything else
         self._found = {p.name for p in self.path.iterdir()}
         try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+            # O_NOFOLLOW: a link planted between the check above and this open is refused, not followed.
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
         except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise _link_error(lock) from None
             raise _folder_error(self.path, err) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -126,6 +145,17 @@ class RunFolder:
         """Names in the folder other than its lock."""
         return sorted(p.name for p in self.path.iterdir() if p.name != LOCK_NAME)
 
+    def _refuse_links(self) -> None:
+        """Refuse the folder when one of mlkd's own names in it is a link, or its lock not a plain file."""
+        own = self.own_names | RUN_FILES | {LOCK_NAME} | _LEGACY_TEMPS
+        for entry in self.path.iterdir():
+            if entry.is_symlink() and (entry.name in own or temp_target(entry.name) in own):
+                raise _link_error(entry)
+        lock = self.path / LOCK_NAME
+        if lock.exists() and not stat.S_ISREG(lock.lstat().st_mode):
+            raise FileExistsError(f"{lock} is not a plain file; mlkd keeps its lock there: remove it "
+                                  "(it is not mlkd's), or choose another --output")
+
     def _make_dirs(self) -> None:
         missing = []
         p = self.path
@@ -154,6 +184,16 @@ def _rmdir(folder: Path) -> bool:
     except OSError:
         return False
     return True
+
+
+def _link_error(entry: Path) -> FileExistsError:
+    try:
+        target = f" (to {os.readlink(entry)})"
+    except OSError:  # removed meanwhile
+        target = ""
+    return FileExistsError(f"{entry} is a symbolic link{target}; mlkd writes its own {entry.name} there and never "
+                           f"follows a link out of the output folder: remove the link (rm {entry}), or choose "
+                           "another --output")
 
 
 def _folder_error(path: Path, err: OSError) -> OSError:

@@ -12,6 +12,9 @@ Filling is deterministic: before an epoch, every chunk of `FILL_CHUNK` consecuti
 of that epoch is not cached yet goes through the teacher as one batch, in index order. So an image's
 cached output never depends on which images shared the student's batch or on the order in which
 students visited it (a model's output for one image can differ in the last bits with its batch).
+Under torchrun the chunks are the unit of work too: each process runs the teacher on whole chunks, a
+share of those missing, and the processes exchange their outputs, so every process holds the cache
+that one process would have filled, bit for bit, for a share of the teacher's work.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from mlkd.data.views import AugmentedViews, FixedView
+from mlkd.engine.distributed import any_rank, current_info, exchange
 from mlkd.engine.logging import progress
 from mlkd.engine.teacher import run_teacher
 from mlkd.outputs import ModelOutput
@@ -63,23 +67,35 @@ class TeacherCache:
     def _levels(self, features: list[Tensor]) -> list[Tensor]:
         return features if self.feature_levels is None else features[len(features) - self.feature_levels:]
 
+    def parts(self, out: ModelOutput) -> list[Tensor]:
+        """The outputs of ``out`` (batch ``[B, ...]``) that this cache keeps, as stored: float32, in the
+        order logits, label-wise embeddings (when kept), kept feature maps (deepest last)."""
+        kept = [out.logits]
+        if self.keep_embeddings:
+            kept.append(out.label_embeddings)
+        if self.feature_levels != 0:
+            kept += self._levels(out.features)
+        return [t.detach().float() for t in kept]
+
     def put(self, view: int, index: Tensor, out: ModelOutput) -> None:
         """Store the teacher's outputs ``out`` (batch ``[B, ...]``) of view ``view`` of images ``index [B]``."""
+        self.put_parts(view, index, self.parts(out))
+
+    def put_parts(self, view: int, index: Tensor, parts: list[Tensor]) -> None:
+        """Store ``parts`` (as `parts` returns them, each ``[B, ...]``) of view ``view`` of images ``index [B]``."""
         index = index.cpu()
         if self.logits is None:  # allocate on first use, once the shapes are known
-            shape = lambda t: (self.views, self.size, *t.shape[1:])  # noqa: E731
-            self.logits = torch.empty(shape(out.logits), dtype=torch.float32)
-            if self.keep_embeddings:
-                self.embeddings = torch.empty(shape(out.label_embeddings), dtype=torch.float32)
-            if self.feature_levels != 0:
-                self.features = [torch.empty(shape(f), dtype=torch.float32) for f in self._levels(out.features)]
-        self.logits[view, index] = out.logits.detach().float().cpu()
-        if self.embeddings is not None:
-            self.embeddings[view, index] = out.label_embeddings.detach().float().cpu()
-        if self.features is not None:
-            for store, f in zip(self.features, self._levels(out.features)):
-                store[view, index] = f.detach().float().cpu()
+            stores = [torch.empty((self.views, self.size, *p.shape[1:]), dtype=torch.float32) for p in parts]
+            self.logits = stores.pop(0)
+            self.embeddings = stores.pop(0) if self.keep_embeddings else None
+            self.features = stores if self.feature_levels != 0 else None
+        for store, part in zip(self._stores(), parts, strict=True):
+            store[view, index] = part.cpu()
         self.filled[view, index] = True
+
+    def _stores(self) -> list[Tensor]:
+        """The storage tensors ``[views, size, ...]``, in the order of `parts`."""
+        return [self.logits, *([] if self.embeddings is None else [self.embeddings]), *(self.features or [])]
 
     def covers(self, keep_embeddings: bool, feature_levels: int | None) -> bool:
         """Whether this cache holds at least the parts asked for."""
@@ -182,20 +198,37 @@ def fill_view(cache: TeacherCache, teacher: nn.Module, norm: nn.Module, data: Au
     """Run the teacher on every uncached chunk of view ``view`` that holds one of ``indices`` (None: all).
 
     Chunks go through the teacher whole and in index order (see the module doc); the images come from
-    ``data`` exactly as the student gets them. Returns the number of images the teacher saw.
+    ``data`` exactly as the student gets them. Under torchrun (every rank calls this with its own
+    ``indices``) the chunks that any rank needs are dealt out whole, in turn, to the ranks: each runs
+    the teacher on its share, and the outputs are exchanged, so that every rank ends with the same
+    cache as one process that filled them all. Returns the number of images the teacher saw here.
     """
-    chunks = cache.missing_chunks(view, indices)
+    info = current_info()
+    wanted = torch.zeros(math.ceil(cache.size / FILL_CHUNK), dtype=torch.bool, device=device)
+    wanted[cache.missing_chunks(view, indices)] = True
+    chunks = any_rank(wanted).nonzero().flatten().tolist()
+    if not chunks:
+        return 0
+    mine = chunks[info.rank::info.world_size]
     # Only the last chunk of the data set can be short, and it comes last: batches of FILL_CHUNK over
     # this order are exactly the chunks.
-    order = [i for c in chunks for i in cache.chunk(c)]
-    if not order:
-        return 0
-    # An own generator: a DataLoader without one draws its workers' base seed from the global
-    # generator, which would shift the student's random stream (dropout) between cached and uncached runs.
-    loader = DataLoader(FixedView(data, view, order), batch_size=FILL_CHUNK, num_workers=workers,
-                        pin_memory=device.type == "cuda", generator=torch.Generator())
-    for images, index in progress(loader, len(loader), f"teacher, view {view}", show):
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            out = run_teacher(teacher, norm(images.to(device, non_blocking=True)))
-        cache.put(view, index, out)
+    order = [i for c in mine for i in cache.chunk(c)]
+    batches = iter(())
+    if order:
+        # An own generator: a DataLoader without one draws its workers' base seed from the global
+        # generator, which would shift the student's random stream (dropout) between cached and uncached runs.
+        batches = iter(DataLoader(FixedView(data, view, order), batch_size=FILL_CHUNK, num_workers=workers,
+                                  pin_memory=device.type == "cuda", generator=torch.Generator()))
+    # Round r: rank k computes chunk chunks[r * world_size + k], then every rank stores every rank's result.
+    rounds = math.ceil(len(chunks) / info.world_size)
+    for _ in progress(range(rounds), rounds, f"teacher, view {view}", show):
+        computed = None
+        batch = next(batches, None)
+        if batch is not None:
+            images, index = batch
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                out = run_teacher(teacher, norm(images.to(device, non_blocking=True)))
+            computed = [index.to(device), *cache.parts(out)]
+        for index, *parts in exchange(computed, device):
+            cache.put_parts(view, index, parts)
     return len(order)

@@ -1,7 +1,10 @@
 """The training loop behind `mlkd train` and `mlkd distill`.
 
-One function, `fit`, runs a whole job from a `RunConfig`: data, models, the distiller, the optimiser
-and schedule, the epochs with validation and checkpoints, and the final test report.
+One function, `fit`, runs a whole job from a `RunConfig`. After the pre-flight checks (which build the
+data sets) and taking the output folder, a run has three steps: `_set_up` (models, distiller, teacher and
+its cache, loaders, optimiser and schedule, or the state of a resumed run), `_train_epochs` (each epoch
+trained, validated and committed to ``last.pt``) and `_finish` (the best checkpoint on the test split,
+metrics.json, the plot).
 """
 from __future__ import annotations
 
@@ -18,17 +21,18 @@ import numpy as np
 import torch
 import yaml
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from mlkd.config import RunConfig, default_lr_and_reason, load_yaml, resume_comparable
-from mlkd.data import build_loader, build_transforms, create_dataset
+from mlkd.data import Splits, build_loader
 from mlkd.data.views import AugmentedViews
 from mlkd.engine import distributed as ddp
 from mlkd.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from mlkd.engine.evaluate import ModelInput, compute_metrics, eval_loader, predict, save_scores
-from mlkd.engine.preflight import check_run
+from mlkd.engine.preflight import preflight, resolve_val_split
 from mlkd.engine.logging import RunLogger, plot_learning_curves, progress
 from mlkd.engine.run_folder import RunFolder, foreign_entries
+from mlkd.engine.schedule import build_schedule
 from mlkd.engine.summary import summarize_run
 from mlkd.engine.teacher import load_teacher, run_teacher
 from mlkd.engine.teacher_cache import DEFAULT_VIEWS, TeacherCache, fill_view, shared_cache
@@ -40,9 +44,6 @@ from mlkd.outputs import LossOutput, ModelOutput
 
 log = logging.getLogger("mlkd")
 
-# The validation split carved from the training set uses a fixed seed, independent of the run's
-# seed, so that the teacher and every student of a comparison select on the same held-out images.
-SPLIT_SEED = 0
 # Settings that do not change what a resumed run computes.
 RESUME_MAY_CHANGE = {"resume", "output", "quiet", "workers", "device", "tensorboard", "data_root", "cache_limit_gib",
                      "threads"}
@@ -104,18 +105,29 @@ def fit(cfg: RunConfig) -> RunResult:
 
 
 def _fit(cfg: RunConfig, info: ddp.DistInfo, device: torch.device) -> RunResult:
-    steps = check_run(cfg, info.world_size)  # options and data, before anything is written (engine/preflight.py)
+    """Pre-flight, the output folder, then the run's three steps: `_set_up`, `_train_epochs`, `_finish`."""
+    cfg = resolve_val_split(cfg)  # csv: val.csv when the root has one; recorded in config.yaml
+    # Options and data, before anything is written (engine/preflight.py); the run trains on the sets it checked.
+    checked = preflight(cfg, info.world_size)
     if cfg.lr is None:
         # The default rate depends on the schedule's length, known only once the data set is read.
-        lr, reason = default_lr_and_reason(cfg, steps)
+        lr, reason = default_lr_and_reason(cfg, checked.steps)
         cfg = dataclasses.replace(cfg, lr=lr)
         log.info("lr not given: %g, %s", lr, reason)
     out_dir = Path(cfg.output)
     folder, resume_state = _prepare_output(cfg, out_dir, info)
     try:
-        return _run(cfg, info, device, out_dir, resume_state)
-    except Exception:
-        # A run that failed before its first epoch leaves no folder behind that it created.
+        if resume_state is None and info.is_main:
+            # Written right after the lock, before the models are built (seconds with timm models or
+            # --compile-teacher): a run killed during its set-up leaves the settings that
+            # `--output DIR --resume` continues, never a folder that would resume some other run.
+            atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(_saved_config(cfg).to_dict(), sort_keys=False))
+        run = _set_up(cfg, info, device, out_dir, checked.sets, resume_state)
+        _train_epochs(run)
+        return _finish(run)
+    except (Exception, KeyboardInterrupt):
+        # A run that fails, or is stopped with Ctrl-C, before its first epoch committed leaves no folder
+        # behind that it created, its config.yaml included (a kill -9 runs no code: see above).
         if folder is not None:
             folder.discard_if_unused()
         raise
@@ -124,17 +136,74 @@ def _fit(cfg: RunConfig, info: ddp.DistInfo, device: torch.device) -> RunResult:
             folder.release()
 
 
-def _run(cfg: RunConfig, info: ddp.DistInfo, device: torch.device, out_dir: Path,
-         resume_state: dict[str, Any] | None) -> RunResult:
+@dataclass
+class _Models:
+    """A run's models on its device, as `_build_models` makes them."""
+
+    student: nn.Module
+    student_input: ModelInput
+    distiller: nn.Module
+    teacher: nn.Module | None
+    teacher_input: ModelInput
+    teacher_sample: ModelOutput | None  # the teacher's outputs of the sample batch: the cache's shapes
+
+
+@dataclass
+class _Run:
+    """A run's parts and its state: made by `_set_up`, advanced by `_train_epochs`, reported by `_finish`."""
+
+    cfg: RunConfig
+    info: ddp.DistInfo
+    device: torch.device
+    out_dir: Path
+    sets: Splits
+    classes: list[str]
+    amp_dtype: torch.dtype | None
+    models: _Models
+    train_views: AugmentedViews
+    train_loader: DataLoader
+    val_loader: DataLoader
+    train_step: nn.Module  # `inner`, wrapped in DistributedDataParallel under torchrun
+    inner: TrainStep
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    cache: TeacherCache | None
+    start_epoch: int = 0
+    best_map: float = -math.inf
+    best_epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    logger: RunLogger | None = None  # rank 0 only
+    facts: dict[str, Any] = field(default_factory=dict)  # `summarize_run`'s, for metrics.json
+    common: dict[str, Any] = field(default_factory=dict)  # what every checkpoint records besides the weights
+
+
+def _set_up(cfg: RunConfig, info: ddp.DistInfo, device: torch.device, out_dir: Path, sets: Splits,
+            resume_state: dict[str, Any] | None) -> _Run:
+    """Step 1: seeds, models, loaders, optimiser and schedule, the teacher cache, the resumed state, the logs.
+
+    Every random draw happens in a fixed order (seeds, the teacher, the student's initialisation, the
+    sample batch, the loaders): reruns and resumes depend on it.
+    """
     _seed_everything(cfg.seed)
     amp_dtype = _amp_dtype(cfg, device)
     threads = set_threads(cfg.threads)
+    models = _build_models(cfg, info, device, sets.train)
+    run = _build_training(cfg, info, device, out_dir, sets, models, amp_dtype)
+    if resume_state is not None:
+        _restore(run, resume_state)
+    # The logs are rebuilt from the committed history: after a crash they hold exactly its epochs.
+    run.logger = RunLogger(out_dir, tensorboard=cfg.tensorboard, history=run.history) if info.is_main else None
+    steps_per_epoch = len(run.train_loader)
+    run.facts = summarize_run(cfg, info, device, threads, sets, run.inner, models.teacher, models.teacher_input,
+                              models.student_input, amp_dtype, steps_per_epoch, run.start_epoch)
+    run.common = {"model_args": models.student.model_args, "classes": run.classes,
+                  "config": _saved_config(cfg).to_dict(), "input_norm": models.student_input.stats}
+    return run
 
-    # Data.
-    train_set, val_set, test_set = build_datasets(cfg)
-    classes = list(train_set.classes)
 
-    # Models.
+def _create_distiller(cfg: RunConfig, info: ddp.DistInfo) -> nn.Module:
+    """The run's distiller with its weights and options (its size-dependent parts not built yet)."""
     distiller = create_distiller(cfg.method, **{f"lambda_{k}": v for k, v in cfg.lambdas.items()}, **cfg.method_options)
     if cfg.gather_embeddings:
         if not distiller.uses_embeddings:
@@ -144,6 +213,17 @@ def _run(cfg: RunConfig, info: ddp.DistInfo, device: torch.device, out_dir: Path
             distiller.embedding_gather = ddp.gather_structure_inputs
         else:
             log.info("--gather-embeddings has no effect in a single process")
+    return distiller
+
+
+def _build_models(cfg: RunConfig, info: ddp.DistInfo, device: torch.device, train_set: Dataset) -> _Models:
+    """The distiller, the teacher (when the method has one) and the student, on ``device``.
+
+    The student's initialisation depends on the seed alone; the distiller's size-dependent parts
+    (projections, fusion) are built from both models' outputs on the first two training images.
+    """
+    classes = list(train_set.classes)
+    distiller = _create_distiller(cfg, info)
     teacher, teacher_input = None, ModelInput()
     if distiller.requires_teacher:
         teacher, teacher_input = load_teacher(cfg.teacher, classes, device, precision=cfg.teacher_precision,
@@ -167,8 +247,15 @@ def _run(cfg: RunConfig, info: ddp.DistInfo, device: torch.device, out_dir: Path
         student.train()
     distiller.build(s_sample, t_sample)
     distiller.to(device)
+    return _Models(student, student_input, distiller, teacher, teacher_input, t_sample)
 
-    # Loaders, optimiser, schedule.
+
+def _build_training(cfg: RunConfig, info: ddp.DistInfo, device: torch.device, out_dir: Path, sets: Splits,
+                    models: _Models, amp_dtype: torch.dtype | None) -> _Run:
+    """The loaders, the train step (DDP under torchrun), optimiser, schedule and scaler, and the teacher
+    cache; returned as a `_Run` at its start (no epoch done)."""
+    train_set, val_set, _ = sets
+    student, distiller, teacher = models.student, models.distiller, models.teacher
     # Each item is a reproducible augmented view (image, target, index, view id): see mlkd.data.views.
     train_views = AugmentedViews(train_set, train_view_count(cfg), cfg.seed)
     train_loader = build_loader(train_views, cfg.batch_size, train=True, workers=cfg.workers, seed=cfg.seed)
@@ -179,9 +266,7 @@ def _run(cfg: RunConfig, info: ddp.DistInfo, device: torch.device, out_dir: Path
     step_module = TrainStep(student, distiller, info.world_size).to(device)
     optimizer = build_optimizer(step_module, cfg.lr, cfg.weight_decay)
     steps_per_epoch = len(train_loader)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=cfg.lr, total_steps=(cfg.schedule_epochs or cfg.epochs) * steps_per_epoch,
-        pct_start=cfg.warmup)
+    scheduler = build_schedule(optimizer, cfg.lr, (cfg.schedule_epochs or cfg.epochs) * steps_per_epoch, cfg.warmup)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     if info.enabled:
         ids = [device.index] if device.type == "cuda" else None
@@ -194,93 +279,109 @@ def _run(cfg: RunConfig, info: ddp.DistInfo, device: torch.device, out_dir: Path
         cache = shared_cache(_cache_key(cfg, train_views.views), len(train_set), train_views.views,
                              keep_embeddings=distiller.uses_embeddings,
                              feature_levels=distiller.teacher_feature_levels if distiller.uses_features else 0,
-                             sample=t_sample, limit_gib=cfg.cache_limit_gib)
+                             sample=models.teacher_sample, limit_gib=cfg.cache_limit_gib)
+    return _Run(cfg, info, device, out_dir, sets, list(train_set.classes), amp_dtype, models, train_views,
+                 train_loader, val_loader, train_step, inner, optimizer, scheduler, scaler, cache)
 
-    start_epoch, best_map, best_epoch = 0, -math.inf, 0
-    history: list[dict[str, Any]] = []
-    if resume_state is not None:
-        _check_resumed_classes(resume_state, classes, out_dir)
-        inner.student.load_state_dict(resume_state["model"])
-        inner.distiller.load_state_dict(resume_state["distiller"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        scheduler.load_state_dict(resume_state["scheduler"])
-        scaler.load_state_dict(resume_state["scaler"])
-        set_rng_state(resume_state["rng"])
-        start_epoch, best_map, best_epoch = resume_state["epoch"], resume_state["best_map"], resume_state["best_epoch"]
-        history = [dict(r) for r in resume_state.get("history", [])]
-        log.info("resumed %s after epoch %d", out_dir, start_epoch)
-    elif info.is_main:
-        # Written only now, after the data, models and settings passed every check: a run that
-        # fails earlier leaves no folder that holds nothing but its config.
-        atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(_saved_config(cfg).to_dict(), sort_keys=False))
-    # The logs are rebuilt from the committed history: after a crash they hold exactly its epochs.
-    logger = RunLogger(out_dir, tensorboard=cfg.tensorboard, history=history) if info.is_main else None
 
-    run_facts = summarize_run(cfg, info, device, threads, (train_set, val_set, test_set), inner, teacher, teacher_input,
-                              student_input, amp_dtype, steps_per_epoch, start_epoch)
-    common = {"model_args": student.model_args,
-              "classes": classes, "config": _saved_config(cfg).to_dict(), "input_norm": student_input.stats}
-    show = info.is_main and not cfg.quiet
-    for epoch in range(start_epoch, cfg.epochs):
-        if hasattr(train_loader.sampler, "set_epoch"):
-            train_loader.sampler.set_epoch(epoch)
-        if train_loader.generator is not None:
-            # Shuffling and worker seeds depend on (seed, epoch, rank) only, so a resumed run sees
-            # the same batches and augmentations as an uninterrupted one.
-            train_loader.generator.manual_seed((cfg.seed * 100_003 + epoch) * 1_009 + info.rank)
-        train_views.set_epoch(epoch)
-        t0 = time.perf_counter()
-        if cache is not None:  # the teacher runs on the epoch's view of the images not cached yet
-            shard = list(train_loader.sampler) if isinstance(train_loader.sampler, DistributedSampler) else None
-            fill_view(cache, teacher, teacher_input, train_views, train_views.current_view, device, amp_dtype,
-                      cfg.workers, indices=shard, show=show)
-        sums = run_epoch(train_step, train_loader, optimizer, scheduler, scaler, teacher, teacher_input,
-                         student_input, cache, device, amp_dtype, cfg.grad_clip, f"epoch {epoch + 1}/{cfg.epochs}", show)
-        seconds = time.perf_counter() - t0
-        images_seen = sums.pop("_images")
-        scores, targets = predict(inner.student, val_loader, device, student_input, amp_dtype)
-        val_map = compute_metrics(scores, targets, cfg.threshold, classes)["mAP"]
-        record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in sums.items()}, "val_mAP": val_map,
-                  "lr": scheduler.get_last_lr()[0], "epoch_seconds": seconds,
-                  "images_per_second": images_seen / seconds}
-        improved = val_map > best_map
+def _restore(run: _Run, resume_state: dict[str, Any]) -> None:
+    """Continue from a committed epoch: the weights, optimiser, schedule, scaler, every generator, the history."""
+    _check_resumed_classes(resume_state, run.classes, run.out_dir)
+    run.inner.student.load_state_dict(resume_state["model"])
+    run.inner.distiller.load_state_dict(resume_state["distiller"])
+    run.optimizer.load_state_dict(resume_state["optimizer"])
+    run.scheduler.load_state_dict(resume_state["scheduler"])
+    run.scaler.load_state_dict(resume_state["scaler"])
+    set_rng_state(resume_state["rng"])
+    run.start_epoch, run.best_map, run.best_epoch = (resume_state["epoch"], resume_state["best_map"],
+                                                     resume_state["best_epoch"])
+    run.history = [dict(r) for r in resume_state.get("history", [])]
+    log.info("resumed %s after epoch %d", run.out_dir, run.start_epoch)
+
+
+def _train_epochs(run: _Run) -> None:
+    """Step 2: the epochs from where the run stands, each trained, validated and committed."""
+    for epoch in range(run.start_epoch, run.cfg.epochs):
+        record = _train_epoch(run, epoch)
+        improved = record["val_mAP"] > run.best_map
         if improved:
-            best_map, best_epoch = val_map, epoch + 1
-        history.append(record)
-        if info.is_main:
-            # The epoch's commit: last.pt holds everything else is derived from (best.pt when this epoch
-            # is the best, the logs from its history), so a crash at any instant and --resume end as
-            # the uninterrupted run (see `_recover_derived`).
-            state = {**common, "model": inner.student.state_dict(), "distiller": inner.distiller.state_dict(),
-                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "scaler": scaler.state_dict(), "rng": rng_state(), "epoch": epoch + 1,
-                     "best_map": best_map, "best_epoch": best_epoch, "history": history}
-            save_checkpoint(state, out_dir / "last.pt")
-            if improved:
-                save_checkpoint(_best_state(state), out_dir / "best.pt")
-            logger.write(history)
-            if not cfg.quiet:
-                terms = " ".join(f"{k[len('train_'):]}={v:.4g}" for k, v in record.items() if k.startswith("train_"))
-                log.info("epoch %d/%d  %s  val mAP %.2f%%  %.0f img/s", epoch + 1, cfg.epochs, terms,
-                         100 * val_map, record["images_per_second"])
+            run.best_map, run.best_epoch = record["val_mAP"], epoch + 1
+        run.history.append(record)
+        if run.info.is_main:
+            _commit_epoch(run, epoch, improved)
         ddp.barrier()
 
-    # Final report: the best validation checkpoint on the test split.
+
+def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
+    """Train epoch ``epoch`` (0-based; the teacher cache filled first where it misses the epoch's view) and
+    validate; returns the epoch's record for the history."""
+    cfg, info, device, amp_dtype = run.cfg, run.info, run.device, run.amp_dtype
+    train_loader, train_views, cache = run.train_loader, run.train_views, run.cache
+    teacher, teacher_input, student_input = run.models.teacher, run.models.teacher_input, run.models.student_input
+    show = info.is_main and not cfg.quiet
+    if hasattr(train_loader.sampler, "set_epoch"):
+        train_loader.sampler.set_epoch(epoch)
+    if train_loader.generator is not None:
+        # Shuffling and worker seeds depend on (seed, epoch, rank) only, so a resumed run sees
+        # the same batches and augmentations as an uninterrupted one.
+        train_loader.generator.manual_seed((cfg.seed * 100_003 + epoch) * 1_009 + info.rank)
+    train_views.set_epoch(epoch)
+    t0 = time.perf_counter()
+    if cache is not None:  # the teacher runs on the epoch's view of the images not cached yet
+        shard = list(train_loader.sampler) if isinstance(train_loader.sampler, DistributedSampler) else None
+        fill_view(cache, teacher, teacher_input, train_views, train_views.current_view, device, amp_dtype,
+                  cfg.workers, indices=shard, show=show)
+    sums = run_epoch(run.train_step, train_loader, run.optimizer, run.scheduler, run.scaler, teacher, teacher_input,
+                     student_input, cache, device, amp_dtype, cfg.grad_clip, f"epoch {epoch + 1}/{cfg.epochs}", show)
+    seconds = time.perf_counter() - t0
+    images_seen = sums.pop("_images")
+    scores, targets = predict(run.inner.student, run.val_loader, device, student_input, amp_dtype)
+    val_map = compute_metrics(scores, targets, cfg.threshold, run.classes)["mAP"]
+    return {"epoch": epoch + 1, **{f"train_{k}": v for k, v in sums.items()}, "val_mAP": val_map,
+            "lr": run.scheduler.get_last_lr()[0], "epoch_seconds": seconds,
+            "images_per_second": images_seen / seconds}
+
+
+def _commit_epoch(run: _Run, epoch: int, improved: bool) -> None:
+    """Rank 0, after epoch ``epoch`` (0-based): the epoch's commit, then the files derived from it."""
+    cfg, out_dir, inner = run.cfg, run.out_dir, run.inner
+    # The epoch's commit: last.pt holds everything else is derived from (best.pt when this epoch
+    # is the best, the logs from its history), so a crash at any instant and --resume end as
+    # the uninterrupted run (see `_recover_derived`).
+    state = {**run.common, "model": inner.student.state_dict(), "distiller": inner.distiller.state_dict(),
+             "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+             "scaler": run.scaler.state_dict(), "rng": rng_state(), "epoch": epoch + 1,
+             "best_map": run.best_map, "best_epoch": run.best_epoch, "history": run.history}
+    save_checkpoint(state, out_dir / "last.pt")
+    if improved:
+        save_checkpoint(_best_state(state), out_dir / "best.pt")
+    run.logger.write(run.history)
+    if not cfg.quiet:
+        record = run.history[-1]
+        terms = " ".join(f"{k[len('train_'):]}={v:.4g}" for k, v in record.items() if k.startswith("train_"))
+        log.info("epoch %d/%d  %s  val mAP %.2f%%  %.0f img/s", epoch + 1, cfg.epochs, terms,
+                 100 * record["val_mAP"], record["images_per_second"])
+
+
+def _finish(run: _Run) -> RunResult:
+    """Step 3: the best validation checkpoint on the test split; metrics.json, test scores, the plot."""
+    cfg, info, device, out_dir = run.cfg, run.info, run.device, run.out_dir
+    student_input, amp_dtype = run.models.student_input, run.amp_dtype
     best = load_checkpoint(out_dir / "best.pt", map_location="cpu") if info.is_main else None
     best_state = ddp.broadcast_object(best["model"] if best else None)
-    inner.student.load_state_dict(best_state)
-    test_scores, test_targets = predict(inner.student, eval_loader(test_set, cfg.batch_size, cfg.workers, device),
-                                        device, student_input, amp_dtype)
-    metrics = compute_metrics(test_scores, test_targets, cfg.threshold, classes)
-    metrics.update({"split": cfg.test_split, "best_epoch": best_epoch, "best_val_mAP": best_map,
-                    "method": cfg.method, "model": cfg.model, "seed": cfg.seed, **run_facts})
+    run.inner.student.load_state_dict(best_state)
+    test_loader = eval_loader(run.sets.test, cfg.batch_size, cfg.workers, device)
+    test_scores, test_targets = predict(run.inner.student, test_loader, device, student_input, amp_dtype)
+    metrics = compute_metrics(test_scores, test_targets, cfg.threshold, run.classes)
+    metrics.update({"split": cfg.test_split, "best_epoch": run.best_epoch, "best_val_mAP": run.best_map,
+                    "method": cfg.method, "model": cfg.model, "seed": cfg.seed, **run.facts})
     if info.is_main:
         _write_json(metrics, out_dir / "metrics.json")
         # Per-image scores let `mlkd bench` bootstrap over test images (paired with another run's).
         save_scores(out_dir / "test_scores.npz", test_scores, test_targets)
-        plot_learning_curves(history, out_dir / "learning_curve.png", f"{cfg.model} on {cfg.dataset}", cfg.method)
-        logger.close()
-    return RunResult(out_dir, metrics, best_epoch, history, cfg)
+        plot_learning_curves(run.history, out_dir / "learning_curve.png", f"{cfg.model} on {cfg.dataset}", cfg.method)
+        run.logger.close()
+    return RunResult(out_dir, metrics, run.best_epoch, run.history, cfg)
 
 
 def run_epoch(train_step: nn.Module, loader: DataLoader, optimizer, scheduler, scaler, teacher, teacher_input,
@@ -375,36 +476,6 @@ def build_optimizer(module: nn.Module, lr: float, weight_decay: float) -> torch.
             (decay if p.ndim > 1 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.Adam([g for g in groups if g["params"]], lr=lr)
-
-
-def build_datasets(cfg: RunConfig) -> tuple[Dataset, Dataset, Dataset]:
-    """Training, validation and test sets; validation is carved from training when there is no split."""
-    train_tf = build_transforms(cfg.img_size, train=cfg.augment)
-    eval_tf = build_transforms(cfg.img_size, train=False)
-    make = lambda split, tf: create_dataset(cfg.dataset, cfg.data_root, split, transform=tf, **cfg.dataset_options)  # noqa: E731
-    train_full = make(cfg.train_split, train_tf)
-    test_set = make(cfg.test_split, eval_tf)
-    if cfg.val_split is not None:
-        val_set = make(cfg.val_split, eval_tf)
-        train_set = train_full
-    else:
-        n = len(train_full)
-        n_val = max(1, int(round(cfg.val_fraction * n)))
-        if n - n_val < 1:
-            raise ValueError(f"the training split has {n} images: too few to carve a validation set "
-                             f"of fraction {cfg.val_fraction}")
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED)).tolist()
-        train_set = _with_classes(Subset(train_full, sorted(perm[n_val:])), train_full.classes)
-        val_set = _with_classes(Subset(make(cfg.train_split, eval_tf), sorted(perm[:n_val])), train_full.classes)
-    if list(test_set.classes) != list(train_set.classes):
-        raise ValueError(f"the {cfg.test_split!r} split has classes {test_set.classes}, "
-                         f"but {cfg.train_split!r} has {train_set.classes}")
-    return train_set, val_set, test_set
-
-
-def _with_classes(subset: Subset, classes: list[str]) -> Subset:
-    subset.classes = list(classes)
-    return subset
 
 
 def _student_input(cfg: RunConfig, student: nn.Module) -> ModelInput:

@@ -14,7 +14,10 @@ class Distiller(nn.Module):
     ``forward(student, teacher, targets)`` returns a `LossOutput` whose ``total`` is the task loss
     (binary cross-entropy summed over batch and labels, weighted by ``bce_weight``) plus the method's
     weighted distillation terms, and whose ``terms`` holds each weighted part by name
-    (``"bce"`` first), so that the parts add up to ``total``.
+    (``"bce"`` first), so that the parts add up to ``total``. The constructor refuses a weight
+    (``bce_weight``, ``lambda_*``) that is not a finite number >= 0 (`mlkd.losses._checks.check_weight`),
+    and ``forward`` a student or teacher that is not a `ModelOutput` or inputs on the meta device or on
+    different devices (``check_outputs``, ``check_devices``).
 
     Class attributes tell the training engine what a distiller needs:
         requires_teacher: False only for ``vanilla`` (the teacher is then not run at all).

@@ -20,7 +20,17 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mlkd.losses._checks import check_finite, check_leading, check_targets, check_tensor, full_precision
+from mlkd.losses._checks import (
+    check_devices,
+    check_finite,
+    check_leading,
+    check_outputs,
+    check_targets,
+    check_tensor,
+    check_weight,
+    full_precision,
+    output_tensors,
+)
 from mlkd.losses.base import Distiller
 from mlkd.losses.balanced_embedding import balanced_structure_terms
 from mlkd.losses.fused_l2d import _NUMPY_FLOAT, FusedL2DFunction, host_pair_plan
@@ -34,6 +44,9 @@ from mlkd.outputs import LossOutput, ModelOutput
 class _Objective(Distiller):
     """BCE plus the terms of `distill_terms`; validates the outputs once per call.
 
+    Every weight (``bce_weight`` and each ``lambda_*`` of the subclasses) must be a finite number >= 0
+    (`check_weight`), checked when the distiller is built, whichever way it is built (CLI, config, API).
+
     Args:
         bce_weight: weight of the summed BCE task loss.
         validate: run the data-dependent checks (labels in {0, 1}, finite values; GPU syncs).
@@ -44,7 +57,7 @@ class _Objective(Distiller):
 
     def __init__(self, *, bce_weight: float = 1.0, validate: bool = True) -> None:
         super().__init__()
-        self.bce_weight = float(bce_weight)
+        self.bce_weight = check_weight(bce_weight, "bce_weight")
         self.validate = bool(validate)
 
     def forward(self, student: ModelOutput, teacher: ModelOutput | None, targets: Tensor) -> LossOutput:
@@ -59,9 +72,15 @@ class _Objective(Distiller):
             `LossOutput` with ``terms["bce"]`` first and one entry per weighted term.
 
         Raises:
-            ValueError: a missing teacher or output field, mismatched shapes, labels outside {0, 1},
-                NaN/inf values.
+            TypeError: ``student`` or ``teacher`` is not a `ModelOutput` (e.g. a bare logits tensor).
+            ValueError: a missing teacher or output field, mismatched shapes, inputs on the meta device or
+                on different devices, labels outside {0, 1}, NaN/inf values.
         """
+        check_outputs(student, teacher)
+        read = (self.uses_embeddings, self.uses_features)
+        check_devices([*output_tensors("student", student, *read),
+                       *output_tensors("teacher", teacher if self.requires_teacher else None, *read),
+                       ("targets", targets)])
         logits = check_tensor(student.logits, "student.logits", 2, "[N, q]")
         mask = check_targets(targets, logits.shape[0], logits.shape[1], "student.logits", self.validate)
         if self.validate:
@@ -225,7 +244,7 @@ class L2DLoss(_Objective):
         self.form = form
         defaults = PAPER_WEIGHTS if form == "paper" else BALANCED_WEIGHTS
         given = {"mld": lambda_mld, "led": lambda_led, "cd": lambda_cd, "id": lambda_id}
-        weights = {k: float(defaults[k] if v is None else v) for k, v in given.items()}
+        weights = {k: check_weight(defaults[k] if v is None else v, f"lambda_{k}") for k, v in given.items()}
         self.lambda_mld, self.lambda_led = weights["mld"], weights["led"]
         self.lambda_cd, self.lambda_id = weights["cd"], weights["id"]
         self.temperature = float(temperature)
@@ -241,6 +260,7 @@ class L2DLoss(_Objective):
         (and any input that fails a shape check, so that the error is the usual one) takes the
         general path.
         """
+        check_outputs(student, teacher)  # before the fused path reads their fields
         if self.embedding_gather is None:
             out = self._fused_forward(student, teacher, targets)
             if out is not None:
@@ -398,7 +418,7 @@ class MLDDistiller(_Objective):
     def __init__(self, *, lambda_mld: float = 10.0, temperature: float = 1.0, bce_weight: float = 1.0,
                  validate: bool = True) -> None:
         super().__init__(bce_weight=bce_weight, validate=validate)
-        self.lambda_mld, self.temperature = float(lambda_mld), float(temperature)
+        self.lambda_mld, self.temperature = check_weight(lambda_mld, "lambda_mld"), float(temperature)
 
     def distill_terms(self, student: ModelOutput, teacher: ModelOutput | None, mask: Tensor) -> dict[str, Tensor]:
         zs, zt = self._logits(student, teacher)
@@ -425,7 +445,8 @@ class LEDDistiller(_Objective):
     def __init__(self, *, lambda_led: float = 1.0, lambda_cd: float = 100.0, lambda_id: float = 1000.0,
                  bce_weight: float = 1.0, validate: bool = True) -> None:
         super().__init__(bce_weight=bce_weight, validate=validate)
-        self.lambda_led, self.lambda_cd, self.lambda_id = float(lambda_led), float(lambda_cd), float(lambda_id)
+        self.lambda_led = check_weight(lambda_led, "lambda_led")
+        self.lambda_cd, self.lambda_id = check_weight(lambda_cd, "lambda_cd"), check_weight(lambda_id, "lambda_id")
 
     def distill_terms(self, student: ModelOutput, teacher: ModelOutput | None, mask: Tensor) -> dict[str, Tensor]:
         es, et = self._embeddings(student, teacher)
@@ -448,7 +469,7 @@ class CDDistiller(_Objective):
 
     def __init__(self, *, lambda_cd: float = 100.0, bce_weight: float = 1.0, validate: bool = True) -> None:
         super().__init__(bce_weight=bce_weight, validate=validate)
-        self.lambda_cd = float(lambda_cd)
+        self.lambda_cd = check_weight(lambda_cd, "lambda_cd")
 
     def distill_terms(self, student: ModelOutput, teacher: ModelOutput | None, mask: Tensor) -> dict[str, Tensor]:
         es, et = self._embeddings(student, teacher)
@@ -470,7 +491,7 @@ class IDDistiller(_Objective):
 
     def __init__(self, *, lambda_id: float = 1000.0, bce_weight: float = 1.0, validate: bool = True) -> None:
         super().__init__(bce_weight=bce_weight, validate=validate)
-        self.lambda_id = float(lambda_id)
+        self.lambda_id = check_weight(lambda_id, "lambda_id")
 
     def distill_terms(self, student: ModelOutput, teacher: ModelOutput | None, mask: Tensor) -> dict[str, Tensor]:
         es, et = self._embeddings(student, teacher)
@@ -494,7 +515,7 @@ class KDDistiller(_Objective):
     def __init__(self, *, lambda_kd: float = 10.0, temperature: float = 4.0, bce_weight: float = 1.0,
                  validate: bool = True) -> None:
         super().__init__(bce_weight=bce_weight, validate=validate)
-        self.lambda_kd, self.temperature = float(lambda_kd), float(temperature)
+        self.lambda_kd, self.temperature = check_weight(lambda_kd, "lambda_kd"), float(temperature)
 
     def distill_terms(self, student: ModelOutput, teacher: ModelOutput | None, mask: Tensor) -> dict[str, Tensor]:
         zs, zt = self._logits(student, teacher)
@@ -518,7 +539,7 @@ class PSDistiller(_Objective):
     def __init__(self, *, lambda_ps: float = 10.0, temperature: float = 1.0, bce_weight: float = 1.0,
                  validate: bool = True) -> None:
         super().__init__(bce_weight=bce_weight, validate=validate)
-        self.lambda_ps, self.temperature = float(lambda_ps), float(temperature)
+        self.lambda_ps, self.temperature = check_weight(lambda_ps, "lambda_ps"), float(temperature)
 
     def distill_terms(self, student: ModelOutput, teacher: ModelOutput | None, mask: Tensor) -> dict[str, Tensor]:
         zs, zt = self._logits(student, teacher)
@@ -554,7 +575,8 @@ class MSEDistiller(_Objective):
             raise ValueError(f"target must be 'features' or 'logits', got {target!r}")
         self.target = target
         self.uses_features = target == "features"
-        self.lambda_mse = float(lambda_mse if lambda_mse is not None else (6400.0 if target == "features" else 64.0))
+        default = 6400.0 if target == "features" else 64.0
+        self.lambda_mse = check_weight(default if lambda_mse is None else lambda_mse, "lambda_mse")
         self.projection: nn.Module | None = None
 
     def build(self, student: ModelOutput, teacher: ModelOutput) -> None:
@@ -616,7 +638,8 @@ class RKDDistiller(_Objective):
     def __init__(self, *, lambda_distance: float = 1600.0, lambda_angle: float = 3200.0, bce_weight: float = 1.0,
                  validate: bool = True) -> None:
         super().__init__(bce_weight=bce_weight, validate=validate)
-        self.lambda_distance, self.lambda_angle = float(lambda_distance), float(lambda_angle)
+        self.lambda_distance = check_weight(lambda_distance, "lambda_distance")
+        self.lambda_angle = check_weight(lambda_angle, "lambda_angle")
 
     def distill_terms(self, student: ModelOutput, teacher: ModelOutput | None, mask: Tensor) -> dict[str, Tensor]:
         fs, ft = self._pooled(student, teacher)
@@ -645,7 +668,7 @@ class PKTDistiller(_Objective):
 
     def __init__(self, *, lambda_pkt: float = 30000.0, bce_weight: float = 1.0, validate: bool = True) -> None:
         super().__init__(bce_weight=bce_weight, validate=validate)
-        self.lambda_pkt = float(lambda_pkt)
+        self.lambda_pkt = check_weight(lambda_pkt, "lambda_pkt")
 
     def distill_terms(self, student: ModelOutput, teacher: ModelOutput | None, mask: Tensor) -> dict[str, Tensor]:
         fs, ft = self._pooled(student, teacher)

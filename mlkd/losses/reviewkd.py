@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mlkd.losses._checks import check_finite
+from mlkd.losses._checks import check_devices, check_finite, check_outputs, check_weight, output_tensors
 from mlkd.losses.base import Distiller
 from mlkd.losses.registry import register_distiller
 from mlkd.outputs import LossOutput, ModelOutput
@@ -135,8 +135,8 @@ class ReviewKD(Distiller):
         self.validate = bool(validate)
         if mid_channels < 1:
             raise ValueError(f"mid_channels must be >= 1, got {mid_channels}")
-        self.bce_weight = bce_weight
-        self.lambda_reviewkd = lambda_reviewkd
+        self.bce_weight = check_weight(bce_weight, "bce_weight")
+        self.lambda_reviewkd = check_weight(lambda_reviewkd, "lambda_reviewkd")
         self.mid_channels = mid_channels
         self.levels = tuple(levels)
         self.fusions: nn.ModuleList | None = None  # deepest stage first, created by build()
@@ -205,7 +205,15 @@ class ReviewKD(Distiller):
 
         Returns:
             `LossOutput` with terms ``bce`` and ``reviewkd`` (each weighted) adding up to ``total``.
+
+        Raises:
+            TypeError: ``student`` or ``teacher`` is not a `ModelOutput`.
+            ValueError: inputs on the meta device or on different devices, missing or non-NCHW stage
+                features, or (with ``validate``) a non-finite total, naming the input that caused it.
         """
+        check_outputs(student, teacher)
+        check_devices([*output_tensors("student", student, False, True),
+                       *output_tensors("teacher", teacher, False, True), ("targets", targets)])
         bce = self.bce_weight * F.binary_cross_entropy_with_logits(
             student.logits, targets.to(student.logits.dtype), reduction="sum")
         fused, target_maps = self.review(student, teacher)  # type: ignore[arg-type]

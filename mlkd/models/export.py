@@ -1,7 +1,6 @@
 """ONNX export of a model's logits (the inference path) with a dynamic batch size."""
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -9,7 +8,8 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from mlkd.files import create_temp, make_folder
+from mlkd.files import atomic_write_named, make_folder
+from mlkd.memory import is_out_of_memory, out_of_memory
 from mlkd.models.model import MultiLabelModel
 
 
@@ -39,8 +39,9 @@ def export_onnx(
     ``logits [batch, q]``, with the batch size dynamic and ``H, W`` fixed to ``img_size``.
 
     The model is exported in eval mode (dropout off, BatchNorm running statistics) and its mode is
-    restored afterwards. The file is written to a temporary name in the same folder and renamed, so a
-    failed export never leaves a truncated ``path``.
+    restored afterwards. The file is written like a checkpoint (`mlkd.files.atomic_write_named`): to a
+    temporary file in the same folder, then renamed, so a failed export leaves neither a truncated
+    ``path`` nor a temporary file, and ``path``'s previous content, if any, stays intact.
 
     Args:
         model: the `MultiLabelModel` to export.
@@ -55,6 +56,8 @@ def export_onnx(
 
     Raises:
         ValueError: ``model`` is not a `MultiLabelModel` or ``img_size`` is invalid.
+        OSError: ``path`` cannot be written (named, with the likely cause).
+        mlkd.memory.OutOfMemoryError: tracing at ``img_size`` ran out of memory (the message says so).
     """
     if not isinstance(model, MultiLabelModel):
         raise ValueError(f"export_onnx needs a MultiLabelModel from create_model, got {type(model).__name__}")
@@ -70,23 +73,26 @@ def export_onnx(
     example = torch.zeros(2, model.in_chans, h, w, dtype=param.dtype, device=param.device)
     was_training = model.training
     model.eval()
-    # Created with the umask's mode (mkstemp would make it 0600); the exporter writes into it in place.
-    fd, tmp = create_temp(path)
-    os.close(fd)
-    tmp_name = str(tmp)
-    try:
+    wrapped = _LogitsOnly(model, mean, std).to(param.device)
+
+    def write_to(tmp: Path) -> None:
         with torch.no_grad(), warnings.catch_warnings():
             # The TorchScript exporter announces its deprecation on every call; the graph is still exact.
             warnings.simplefilter("ignore", DeprecationWarning)
             torch.onnx.export(
-                _LogitsOnly(model, mean, std).to(param.device), (example,), tmp_name, dynamo=False,
+                wrapped, (example,), str(tmp), dynamo=False,
                 input_names=["images"], output_names=["logits"],
                 dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
                 opset_version=opset, do_constant_folding=True,
             )
-        os.replace(tmp_name, path)
+
+    try:
+        # Like every file mlkd writes: a temporary file beside ``path``, renamed over it when complete.
+        return atomic_write_named(path, write_to)
+    except (MemoryError, RuntimeError) as err:
+        if not is_out_of_memory(err):
+            raise
+        raise out_of_memory(err, f"exporting on {param.device}", f"images of {h}x{w} px",
+                            f"pass a smaller --img-size (now {h})") from err
     finally:
         model.train(was_training)
-        if os.path.exists(tmp_name):
-            os.remove(tmp_name)
-    return path

@@ -116,9 +116,13 @@ def create_model(
         ValueError: unknown name (with suggestions), ``num_classes < 1``, invalid head sizes, options a
             built-in does not take, or weights that do not fit.
     """
+    if not isinstance(name, str):
+        raise ValueError(f"the model name must be a string, got {name!r}")
     _check_name(name)
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+    _check_options(embed_dim=embed_dim, num_heads=num_heads, ffn_dim=ffn_dim, in_chans=in_chans, dropout=dropout,
+                   img_size=img_size, pretrained=pretrained, learn_queries=learn_queries, strict=strict)
     if isinstance(img_size, list):
         img_size = tuple(img_size)  # type: ignore[assignment]
     if name in _BUILTINS:
@@ -152,6 +156,40 @@ def create_model(
         logger.info("loaded %d tensors from %s into the %s", len(model.weights_report.loaded),
                     model.weights_report.source, model.weights_report.target)
     return model
+
+
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _check_options(*, embed_dim: Any, num_heads: Any, ffn_dim: Any, in_chans: Any, dropout: Any, img_size: Any,
+                   pretrained: Any, learn_queries: Any, strict: Any) -> None:
+    """Refuse option values of the wrong type before they reach arithmetic (a ``TypeError`` deep inside).
+
+    Options usually come from ``--model-option KEY=VALUE`` or a config's ``model_options``, so each message
+    names the option, the type it takes and the command-line form.
+
+    Raises:
+        ValueError: the first invalid option, named.
+    """
+    def refuse(option: str, wants: str, value: Any, example: str) -> ValueError:
+        return ValueError(f"model option {option} must be {wants}, got {value!r} "
+                          f"(e.g. --model-option {option}={example})")
+
+    for option, value, example in (("embed_dim", embed_dim, "256"), ("num_heads", num_heads, "4"),
+                                   ("ffn_dim", ffn_dim, "512")):
+        if value is not None and not _is_positive_int(value):
+            raise refuse(option, "a positive integer, or unset for the default", value, example)
+    if not _is_positive_int(in_chans):
+        raise refuse("in_chans", "a positive integer", in_chans, "3")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise refuse("dropout", "a number in [0, 1)", dropout, "0.1")
+    sizes = img_size if isinstance(img_size, (tuple, list)) else (img_size,)
+    if not 1 <= len(sizes) <= 2 or not all(_is_positive_int(v) for v in sizes):
+        raise ValueError(f"img_size must be a positive integer or a pair (H, W) of them, got {img_size!r}")
+    for option, value in (("pretrained", pretrained), ("learn_queries", learn_queries), ("strict", strict)):
+        if not isinstance(value, bool):
+            raise refuse(option, "true or false", value, "true")
 
 
 # Head widths tried from the widest down; the paper's head (d = 768) is the first.

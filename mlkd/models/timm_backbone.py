@@ -33,15 +33,24 @@ def create_timm_backbone(
 
     Returns:
         The timm model with ``num_classes=0`` (classifier removed).
+
+    Raises:
+        ValueError: the model class refused ``kwargs`` (an unknown name or a value of the wrong type).
     """
     common = dict(pretrained=pretrained, num_classes=0, in_chans=in_chans, **kwargs)
     try:
-        return timm.create_model(name, img_size=img_size, **common)
+        try:
+            return timm.create_model(name, img_size=img_size, **common)
+        except TypeError as err:
+            # timm forwards kwargs to the model class; CNN classes reject img_size with this TypeError.
+            if "img_size" not in str(err):
+                raise
+        return timm.create_model(name, **common)
     except TypeError as err:
-        # timm forwards kwargs to the model class; CNN classes reject img_size with this TypeError.
-        if "img_size" not in str(err):
+        if not kwargs:
             raise
-    return timm.create_model(name, **common)
+        raise ValueError(f"timm model {name!r} refused the options {', '.join(sorted(kwargs))} ({err}); check the "
+                         "--model-option names and values against the model's constructor") from err
 
 
 def final_layout(backbone: nn.Module) -> str:

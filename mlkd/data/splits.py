@@ -1,0 +1,74 @@
+"""A run's three data sets: training, validation and test, with validation carved from training when the
+run names no validation split.
+
+The pre-flight checks (mlkd/engine/preflight.py) build them, check them and hand them to the trainer,
+so a run reads its data once; evaluation (``mlkd eval --split val``) rebuilds the same carve.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple
+
+import torch
+from torch.utils.data import Dataset, Subset
+
+from mlkd.data.registry import create_dataset
+from mlkd.data.transforms import build_transforms
+
+if TYPE_CHECKING:
+    from mlkd.config import RunConfig
+
+# The validation split carved from the training set uses a fixed seed, independent of the run's
+# seed, so that the teacher and every student of a comparison select on the same held-out images.
+SPLIT_SEED = 0
+
+
+class Splits(NamedTuple):
+    """The training, validation and test sets of a run (a tuple: ``train, val, test = splits``)."""
+
+    train: Dataset
+    val: Dataset
+    test: Dataset
+
+
+def build_datasets(cfg: RunConfig) -> Splits:
+    """Training, validation and test sets; validation is carved from training when there is no split.
+
+    Args:
+        cfg: the run's data settings (dataset, data_root, dataset_options, the split names,
+            val_fraction, img_size and augment).
+
+    Returns:
+        The three sets; each has a ``classes`` list, the same in all three. The training set uses the
+        augmenting transform when ``cfg.augment``, the others the evaluation transform.
+
+    Raises:
+        ValueError: a training split too small to carve a validation set from, or a test split whose
+            classes differ from the training split's.
+    """
+    train_tf = build_transforms(cfg.img_size, train=cfg.augment)
+    eval_tf = build_transforms(cfg.img_size, train=False)
+    make = lambda split, tf: create_dataset(cfg.dataset, cfg.data_root, split, transform=tf, **cfg.dataset_options)  # noqa: E731
+    train_full = make(cfg.train_split, train_tf)
+    test_set = make(cfg.test_split, eval_tf)
+    if cfg.val_split is not None:
+        val_set = make(cfg.val_split, eval_tf)
+        train_set = train_full
+    else:
+        n = len(train_full)
+        n_val = max(1, int(round(cfg.val_fraction * n)))
+        if n - n_val < 1:
+            raise ValueError(f"the training split has {n} images: too few to carve a validation set "
+                             f"of fraction {cfg.val_fraction}")
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED)).tolist()
+        train_set = _with_classes(Subset(train_full, sorted(perm[n_val:])), train_full.classes)
+        val_set = _with_classes(Subset(make(cfg.train_split, eval_tf), sorted(perm[:n_val])), train_full.classes)
+    if list(test_set.classes) != list(train_set.classes):
+        raise ValueError(f"the {cfg.test_split!r} split has classes {test_set.classes}, "
+                         f"but {cfg.train_split!r} has {train_set.classes}")
+    return Splits(train_set, val_set, test_set)
+
+
+def _with_classes(subset: Subset, classes: list[str]) -> Subset:
+    """``subset`` with the ``classes`` attribute of the data set it selects from (a Subset has none)."""
+    subset.classes = list(classes)
+    return subset
