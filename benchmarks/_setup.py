@@ -1,7 +1,9 @@
-"""The demo's teacher/student pair as the benchmarks build it: random weights, nothing downloaded.
+"""The `quadrants` setting's teacher/student pair (the demo's until issue 20), as the benchmarks build it.
+
+Random weights, nothing downloaded.
 
 Timing does not depend on the weights, so every benchmark uses randomly initialised models of the
-shapes that ``mlkd/configs/demo.yaml`` trains: an EfficientNet-Lite0 teacher at 112 px and a
+shapes that ``mlkd/configs/suite/quadrants.yaml`` trains: an EfficientNet-Lite0 teacher at 112 px and a
 ``tiny_cnn`` student at 56 px on the embedded ``fashion_mosaic`` set (10 labels).
 """
 from __future__ import annotations
@@ -21,33 +23,33 @@ from mlkd.engine.checkpoint import save_checkpoint
 from mlkd.models import create_model
 
 TEACHER_MODEL = "tf_efficientnet_lite0"
-TEACHER_HEAD = {"embed_dim": 128, "num_heads": 4, "ffn_dim": 256}  # demo.yaml's teacher head
+TEACHER_HEAD = {"embed_dim": 128, "num_heads": 4, "ffn_dim": 256}  # quadrants.yaml's teacher head
 TEACHER_SIZE = 112
 STUDENT_MODEL = "tiny_cnn"
-STUDENT_HEAD = {"embed_dim": 64, "num_heads": 4, "ffn_dim": 128}  # demo.yaml's student head
+STUDENT_HEAD = {"embed_dim": 64, "num_heads": 4, "ffn_dim": 128}  # quadrants.yaml's student head
 STUDENT_SIZE = 56
 
 
-def demo_classes() -> list[str]:
+def quadrants_classes() -> list[str]:
     """The label names of the embedded ``fashion_mosaic`` set (no download, no data root)."""
     return create_dataset("fashion_mosaic", None, "test", num_mosaics=1).classes
 
 
-def demo_teacher(num_classes: int, **options) -> nn.Module:
-    """A randomly initialised demo teacher; ``options`` go to ``create_model`` (e.g. ``img_size``).
+def quadrants_teacher(num_classes: int, **options) -> nn.Module:
+    """A randomly initialised quadrants teacher; ``options`` go to ``create_model`` (e.g. ``img_size``).
 
     Seed torch first where the weights must be the same from run to run.
     """
     return create_model(TEACHER_MODEL, num_classes, **TEACHER_HEAD, **options)
 
 
-def demo_student(num_classes: int, **options) -> nn.Module:
-    """A randomly initialised demo student; ``options`` go to ``create_model``."""
+def quadrants_student(num_classes: int, **options) -> nn.Module:
+    """A randomly initialised quadrants student; ``options`` go to ``create_model``."""
     return create_model(STUDENT_MODEL, num_classes, **STUDENT_HEAD, **options)
 
 
 def teacher_checkpoint(path: Path, classes: list[str], img_size: int = TEACHER_SIZE) -> Path:
-    """Save a demo teacher with weights from seed 0 as a checkpoint `--teacher` accepts.
+    """Save a quadrants teacher with weights from seed 0 as a checkpoint `--teacher` accepts.
 
     Args:
         path: Where to write the checkpoint.
@@ -58,15 +60,15 @@ def teacher_checkpoint(path: Path, classes: list[str], img_size: int = TEACHER_S
         ``path``.
     """
     torch.manual_seed(0)
-    model = demo_teacher(len(classes))
+    model = quadrants_teacher(len(classes))
     stats = model.data_config
     return save_checkpoint({"model": model.state_dict(), "model_args": model.model_args, "classes": classes,
                             "config": {"img_size": img_size},
                             "input_norm": {"mean": list(stats["mean"]), "std": list(stats["std"])}}, path)
 
 
-def demo_run_parser(epochs: int) -> argparse.ArgumentParser:
-    """The flags of a benchmark that trains the demo pair: ``--mosaics``, ``--epochs`` (default
+def quadrants_run_parser(epochs: int) -> argparse.ArgumentParser:
+    """The flags of a benchmark that trains the quadrants pair: ``--mosaics``, ``--epochs`` (default
     ``epochs``) and ``--no-write`` (print the section without writing docs/benchmarks.md)."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--mosaics", type=int, default=1200)
@@ -75,8 +77,8 @@ def demo_run_parser(epochs: int) -> argparse.ArgumentParser:
     return parser
 
 
-def demo_distill_config(teacher: Path, mosaics: int, epochs: int, augment: bool) -> dict:
-    """The settings of a demo distillation (L2D, batch 64, CPU) from ``teacher`` into the demo student.
+def quadrants_distill_config(teacher: Path, mosaics: int, epochs: int, augment: bool) -> dict:
+    """The settings of a quadrants distillation (L2D, batch 64, CPU) from ``teacher`` into the quadrants student.
 
     Args:
         teacher: A teacher checkpoint (see `teacher_checkpoint`).

@@ -1,9 +1,10 @@
-"""The distillation terms' share of a training step on the demo pair (CPU).
+"""The distillation terms' share of a training step on the quadrants pair (CPU).
 
     .venv/bin/python benchmarks/step_share.py            # writes section step_share of docs/benchmarks.md
 
-The demo's models with random weights (timing does not depend on them; nothing is downloaded): the
-teacher tf_efficientnet_lite0 with the head of mlkd/configs/demo.yaml (embed_dim 128, 4 heads, FFN 256)
+The `quadrants` setting's models (the demo's until issue 20) with random weights (timing does not
+depend on them; nothing is downloaded): the
+teacher tf_efficientnet_lite0 with the head of mlkd/configs/suite/quadrants.yaml (embed_dim 128, 4 heads, FFN 256)
 at 112 px, the student tiny_cnn (embed_dim 64, 4 heads, FFN 128) at 56 px, 10 labels, batch 64, about
 3.5 positives per image (the mosaics' density), float32. Timed, interleaved step by step:
 
@@ -32,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _report import machine_line, publish  # noqa: E402
-from _setup import STUDENT_SIZE, TEACHER_SIZE, demo_student, demo_teacher  # noqa: E402
+from _setup import STUDENT_SIZE, TEACHER_SIZE, quadrants_student, quadrants_teacher  # noqa: E402
 
 from mlkd.losses import L2DLoss, create_distiller  # noqa: E402
 from mlkd.losses.objective import _Objective  # noqa: E402
@@ -44,8 +45,8 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     torch.manual_seed(0)
-    teacher = demo_teacher(10, img_size=TEACHER_SIZE).eval().requires_grad_(False)
-    student = demo_student(10, img_size=STUDENT_SIZE).train()
+    teacher = quadrants_teacher(10, img_size=TEACHER_SIZE).eval().requires_grad_(False)
+    student = quadrants_student(10, img_size=STUDENT_SIZE).train()
     optimizer = torch.optim.Adam(student.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(0)
     batches = [(torch.rand(64, 3, 112, 112, generator=g), (torch.rand(64, 10, generator=g) < 0.35).float())
@@ -85,7 +86,7 @@ def main() -> None:
     ms = {name: statistics.median(v) for name, v in times.items()}
     teacher_ms, vanilla = ms["teacher forward"], ms["vanilla"]
     lines = [
-        "## Distillation terms' share of a training step (demo pair, CPU)",
+        "## Distillation terms' share of a training step (quadrants pair, CPU)",
         "",
         "Command: `flock /tmp/mlkd-cpu.lock .venv/bin/python benchmarks/step_share.py`. Demo teacher "
         "(tf_efficientnet_lite0 at 112 px) and student (tiny_cnn, embed_dim 64, at 56 px), random weights, "

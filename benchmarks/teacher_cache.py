@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/teacher_cache.py          # writes section teacher_cache of docs/benchmarks.md
 
-The demo's pair on the embedded default (`fashion_mosaic`, no augmentation): an EfficientNet-Lite0
+The `quadrants` pair (the demo's until issue 20) on the embedded default (`fashion_mosaic`, no
+augmentation): an EfficientNet-Lite0
 teacher at 112 px, a `tiny_cnn` student at 56 px, L2D, batch 64, on the CPU. The same three-epoch
 distillation runs twice side by side, without and with the cache; the first epoch with the cache fills
 it (the teacher runs), the later ones read it. Timing does not depend on the teacher's weights, so the
@@ -20,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _report import machine_line, publish  # noqa: E402
-from _setup import (demo_classes, demo_distill_config, demo_run_parser, demo_teacher, scratch_folder,  # noqa: E402
+from _setup import (quadrants_classes, quadrants_distill_config, quadrants_run_parser, quadrants_teacher, scratch_folder,  # noqa: E402
                     teacher_checkpoint)
 
 from mlkd.config import make_config  # noqa: E402
@@ -28,10 +29,10 @@ from mlkd.engine.trainer import fit  # noqa: E402
 
 
 def main() -> None:
-    args = demo_run_parser(epochs=3).parse_args()
+    args = quadrants_run_parser(epochs=3).parse_args()
     with scratch_folder("mlkd_cache_bench_") as work:
-        classes = demo_classes()
-        common = demo_distill_config(teacher_checkpoint(work / "teacher.pt", classes), args.mosaics, args.epochs,
+        classes = quadrants_classes()
+        common = quadrants_distill_config(teacher_checkpoint(work / "teacher.pt", classes), args.mosaics, args.epochs,
                                      augment=False)
         rows = {}
         for label, cache in (("without cache", False), ("with --cache-teacher", True)):
@@ -39,7 +40,7 @@ def main() -> None:
             result = fit(make_config(common, cache_teacher=cache, output=str(work / label.replace(" ", "_"))))
             rows[label] = ([r["epoch_seconds"] for r in result.history], time.perf_counter() - t0)
         # The teacher's share: its forward pass alone over one epoch's batches.
-        model = demo_teacher(len(classes)).eval()
+        model = quadrants_teacher(len(classes)).eval()
         n_train = (args.mosaics - round(0.1 * args.mosaics)) // 64 * 64  # the default val_fraction, drop_last
         x = torch.rand(64, 3, 112, 112)
         with torch.no_grad():

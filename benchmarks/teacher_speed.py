@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/teacher_speed.py            # writes section teacher_speed of docs/benchmarks.md
     .venv/bin/python benchmarks/teacher_speed.py --no-compile --no-write
 
-The demo's teacher (tf_efficientnet_lite0 with the head of mlkd/configs/demo.yaml: embed_dim 128, 4 heads,
+The `quadrants` setting's teacher (the demo's until issue 20; tf_efficientnet_lite0 with the head of
+mlkd/configs/suite/quadrants.yaml: embed_dim 128, 4 heads,
 FFN 256, 10 labels) with random weights (timing does not depend on them; nothing is downloaded), a batch
 of 64 images at 112 px, float32. Each setting is timed (median of the timed calls after warm-up calls,
 all settings interleaved call by call) and its outputs are compared with the plain forward pass:
@@ -28,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _report import machine_line, publish  # noqa: E402
-from _setup import TEACHER_SIZE, demo_teacher  # noqa: E402
+from _setup import TEACHER_SIZE, quadrants_teacher  # noqa: E402
 
 
 def max_rel_diff(out, ref) -> float:
@@ -46,8 +47,8 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     torch.manual_seed(0)
-    model = demo_teacher(10, img_size=TEACHER_SIZE).eval().requires_grad_(False)
-    nhwc = demo_teacher(10, img_size=TEACHER_SIZE)
+    model = quadrants_teacher(10, img_size=TEACHER_SIZE).eval().requires_grad_(False)
+    nhwc = quadrants_teacher(10, img_size=TEACHER_SIZE)
     nhwc.load_state_dict(model.state_dict())
     nhwc = nhwc.eval().requires_grad_(False).to(memory_format=torch.channels_last)
     x = torch.rand(64, 3, 112, 112)
@@ -99,8 +100,8 @@ def main() -> None:
     lines = [
         "## Teacher forward pass: inference-only settings (CPU)",
         "",
-        "Command: `flock /tmp/mlkd-cpu.lock .venv/bin/python benchmarks/teacher_speed.py`. The demo teacher "
-        "(tf_efficientnet_lite0, demo head, random weights), batch 64 at 112 px, float32; median of "
+        "Command: `flock /tmp/mlkd-cpu.lock .venv/bin/python benchmarks/teacher_speed.py`. The quadrants teacher "
+        "(tf_efficientnet_lite0, quadrants head, random weights), batch 64 at 112 px, float32; median of "
         f"{args.repeats} calls after 2 warm-up calls, all settings interleaved. *difference* is the largest "
         "|output − plain output| / max|plain output| over logits and label-wise embeddings.",
         "",

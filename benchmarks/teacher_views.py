@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/teacher_views.py          # writes section teacher_views of docs/benchmarks.md
 
-The demo's pair as in `benchmarks/teacher_cache.py` (EfficientNet-Lite0 teacher at 112 px, `tiny_cnn`
+The `quadrants` pair as in `benchmarks/teacher_cache.py` (EfficientNet-Lite0 teacher at 112 px, `tiny_cnn`
 student at 56 px, L2D, batch 64, CPU), but with the paper's augmentation on (Cutout + RandAugment).
 Two runs side by side: without a cache (a fresh augmented view every epoch, the teacher runs every
 step) and with `--cache-teacher --teacher-views K` (the first epochs fill one view each, the teacher
@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _report import machine_line, publish  # noqa: E402
-from _setup import demo_classes, demo_distill_config, demo_run_parser, scratch_folder, teacher_checkpoint  # noqa: E402
+from _setup import quadrants_classes, quadrants_distill_config, quadrants_run_parser, scratch_folder, teacher_checkpoint  # noqa: E402
 
 from mlkd.config import make_config  # noqa: E402
 from mlkd.data.views import epoch_view  # noqa: E402
@@ -26,11 +26,11 @@ from mlkd.engine.trainer import fit  # noqa: E402
 
 
 def main() -> None:
-    parser = demo_run_parser(epochs=4)
+    parser = quadrants_run_parser(epochs=4)
     parser.add_argument("--views", type=int, default=2)
     args = parser.parse_args()
     with scratch_folder("mlkd_views_bench_") as work:
-        common = demo_distill_config(teacher_checkpoint(work / "teacher.pt", demo_classes()), args.mosaics,
+        common = quadrants_distill_config(teacher_checkpoint(work / "teacher.pt", quadrants_classes()), args.mosaics,
                                      args.epochs, augment=True)
         runs = {"plain": dict(cache_teacher=False),
                 "cached": dict(cache_teacher=True, teacher_views=args.views)}
