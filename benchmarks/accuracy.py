@@ -5,9 +5,10 @@
     python benchmarks/accuracy.py --list
 
 SETTING is a file of ``mlkd/configs/suite/`` (``quadrants``, ``sparse``, ``clutter``, ``many_labels``,
-``lowres``; ``clutter`` is what ``mlkd demo`` runs; docs/results.md, "The accuracy suite", says what
-each tests). The script trains the setting's teacher into ``OUTPUT/SETTING/teacher`` (or reuses it
-when that folder holds a finished teacher of the same configuration; an interrupted one resumes), runs
+``lowres``, ``posters_scratch``, ``posters_lowres``; ``clutter`` is what ``mlkd demo`` runs;
+docs/results.md, "The accuracy suite", says what each tests). The script trains the setting's teacher
+into ``OUTPUT/SETTING/teacher`` (or reuses it when that folder holds a finished teacher of the same
+configuration; an interrupted one resumes), runs
 `mlkd.bench.compare` for the students into ``OUTPUT/SETTING/students``, and writes
 ``OUTPUT/SETTING/results.md`` and ``results.json``: the validation mAP of teacher and students (what
 settings are chosen on), then the test comparison.
@@ -17,6 +18,12 @@ and student runs are ``common`` updated by their section) and ``methods`` (a lis
 lambdas}``). ``inherit: FILE`` (relative to the file) starts from another setting: each section's keys
 replace the inherited ones, whole values, no deeper merge; ``methods`` replaces the list.
 ``teacher_of: SETTING`` reuses that setting's teacher (``OUTPUT/SETTING/teacher``) instead of training one.
+
+A relative ``data_root`` in a setting file is relative to the repository root, not to the current folder:
+the ``posters_*`` settings read ``../shared/data/movie_posters``, real photographs that are never copied
+into the repository. A setting that names a ``data_root`` is checked before anything trains; when its data
+is not there the script stops with a message naming the data set (``external_data``, a short description)
+and the folder it expected.
 """
 from __future__ import annotations
 
@@ -37,16 +44,18 @@ sys.path.insert(0, str(ROOT))
 
 from mlkd.bench import compare, markdown_table  # noqa: E402
 from mlkd.config import RunConfig, check_keys, make_config  # noqa: E402
+from mlkd.data import create_dataset  # noqa: E402
 from mlkd.engine.trainer import fit  # noqa: E402
 
 SUITE_DIR = ROOT / "mlkd" / "configs" / "suite"
 SECTIONS = ("common", "teacher", "student")
-TOP_KEYS = {"inherit", "teacher_of", "methods", *SECTIONS}
+TOP_KEYS = {"inherit", "teacher_of", "methods", "external_data", *SECTIONS}
 # Run settings that do not change what a run computes; a reused teacher may differ in these. The thread
 # count changes a run only in the last bits (the order of float reductions): a finished teacher is kept
 # rather than trained again for it, and its own config.yaml still records the count it ran with.
 NOT_COMPARED = {"output", "resume", "quiet", "workers", "device", "tensorboard", "data_root", "threads"}
-# Quick mode (a smoke test of the pipeline, not a measurement): images per split and epochs.
+# Quick mode (a smoke test of the pipeline, not a measurement): images per split and epochs. Data sets
+# without a count option (csv) keep all their images: only the epochs shrink.
 QUICK_IMAGES, QUICK_EPOCHS = 320, 1
 QUICK_COUNT_OPTIONS = {"fashion_mosaic": "num_mosaics", "fashion_scenes": "num_scenes"}
 
@@ -77,7 +86,7 @@ def _read(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     merged = {k: v for k, v in parent.items() if k in TOP_KEYS - {"inherit"}}
     for section in SECTIONS:
         merged[section] = {**(parent.get(section) or {}), **(data.get(section) or {})}
-    for key in ("methods", "teacher_of"):
+    for key in ("methods", "teacher_of", "external_data"):
         if key in data:
             merged[key] = data[key]
     return merged
@@ -107,11 +116,18 @@ def load_setting(name: str) -> dict[str, Any]:
     return setting
 
 
+def data_root(value: str | None) -> str | None:
+    """A setting's ``data_root`` as a path: relative ones are relative to the repository root."""
+    return None if value is None else str(ROOT / value)
+
+
 def run_configs(setting: dict[str, Any], quick: bool = False) -> tuple[RunConfig, RunConfig]:
     """The teacher's and the students' base `RunConfig` of a resolved setting (``quick``: smoke-test size)."""
     common = {**setting["common"], "quiet": True}
     teacher = {**common, **setting["teacher"]}
     student = {**common, **setting["student"]}
+    for part in (teacher, student):
+        part["data_root"] = data_root(part.get("data_root"))
     if quick:
         for part in (teacher, student):
             key = QUICK_COUNT_OPTIONS.get(part.get("dataset", RunConfig.dataset))
@@ -119,6 +135,29 @@ def run_configs(setting: dict[str, Any], quick: bool = False) -> tuple[RunConfig
                 part["dataset_options"] = {**part.get("dataset_options", {}), key: QUICK_IMAGES}
             part["epochs"] = QUICK_EPOCHS
     return make_config(teacher), make_config(student)
+
+
+def missing_data(name: str, setting: dict[str, Any], cfgs: Sequence[RunConfig]) -> str | None:
+    """Why data that the setting reads from a ``data_root`` is not there, or ``None`` when it is.
+
+    Such data is not built or downloaded by mlkd (the posters are kept outside the repository), so its
+    absence is a matter of this machine, said in one message before anything trains, not a traceback
+    from deep in a run. The message names the data set (the setting's ``external_data``) and the folder
+    where it was expected; the folder, a split file or an image the split lists may be missing.
+    """
+    for cfg in cfgs:
+        if cfg.data_root is None:
+            continue
+        try:
+            for split in (cfg.train_split, cfg.test_split):
+                create_dataset(cfg.dataset, cfg.data_root, split, **cfg.dataset_options)
+        except FileNotFoundError as err:
+            what = setting.get("external_data") or f"its {cfg.dataset} data set"
+            return (f"setting {name!r} needs {what}, which is not present: expected in "
+                    f"{Path(cfg.data_root).resolve()} (the setting's data_root {setting['common'].get('data_root')!r}, "
+                    f"relative to the repository root {ROOT}). Put the data set there, or run another setting. "
+                    f"({err})")
+    return None
 
 
 def select_methods(setting: dict[str, Any], wanted: Sequence[str] | None) -> list[tuple[str, str, dict[str, float]]]:
@@ -215,6 +254,9 @@ def run_setting(name: str, seeds: Sequence[int], methods: Sequence[str] | None =
     teacher_setting = setting if setting["teacher_of"] == name else load_setting(setting["teacher_of"])
     teacher_cfg, _ = run_configs(teacher_setting, quick)
     _, student_cfg = run_configs(setting, quick)
+    missing = missing_data(name, setting, (teacher_cfg, student_cfg))
+    if missing:
+        raise FileNotFoundError(missing)
     teacher_dir = out / setting["teacher_of"] / "teacher"
     teacher_metrics = ensure_teacher(teacher_cfg, teacher_dir)
     students = out / name / "students"
@@ -244,14 +286,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--methods", help="comma-separated labels of the setting's methods or distiller names "
                                           "(default: all the setting lists)")
     parser.add_argument("--output", help="root folder (default runs/accuracy, with --quick runs/accuracy_quick)")
-    parser.add_argument("--quick", action="store_true", help="smoke test: 320 images, 1 epoch (no measurement)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke test: 320 images (csv settings: all), 1 epoch (no measurement)")
     parser.add_argument("--list", action="store_true", help="list the settings and exit")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.list or not args.setting:
         for name in list_settings():
             s = load_setting(name)
-            print(f"{name:12s} {s['common'].get('dataset')}  {len(s['methods'])} methods: "
+            root = s["common"].get("data_root")
+            absent = ", not present" if missing_data(name, s, run_configs(s)) else ""
+            where = f" ({root}{absent})" if root else ""
+            print(f"{name:15s} {s['common'].get('dataset')}{where}  {len(s['methods'])} methods: "
                   + ", ".join(m["label"] for m in s["methods"]))
         return 0 if args.list else 2
     try:

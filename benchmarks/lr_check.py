@@ -67,14 +67,27 @@ def markdown(results: dict, rates: list[float]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("settings", nargs="?", default=",".join(accuracy.list_settings()))
+    parser.add_argument("settings", nargs="?", help="comma-separated settings (default: every setting whose data "
+                        "is on this machine)")
     parser.add_argument("--rates", default="1e-4,3e-4,1e-3,3e-3")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default="runs/lr_check")
     args = parser.parse_args(argv)
     rates = [float(r) for r in args.rates.split(",")]
     output = Path(args.output)
-    results = {name: check_setting(name, rates, args.seed, output) for name in args.settings.split(",")}
+    names = args.settings.split(",") if args.settings else accuracy.list_settings()
+    absent = {}
+    for name in names:
+        setting = accuracy.load_setting(name)
+        why = accuracy.missing_data(name, setting, accuracy.run_configs(setting))
+        if why:
+            absent[name] = why
+    if args.settings and absent:  # asked for by name: say why it cannot run, before anything trains
+        print("error: " + "\n".join(absent.values()), file=sys.stderr)
+        return 2
+    for name, why in absent.items():  # the default list: run what this machine has
+        print(f"lr_check: skipping {name}: {why}", file=sys.stderr)
+    results = {name: check_setting(name, rates, args.seed, output) for name in names if name not in absent}
     publish_results(output, "lr_check", results, markdown(results, rates))
     return 0
 

@@ -222,6 +222,10 @@ def test_every_setting_resolves_to_valid_runs(root):
         assert isinstance(teacher, RunConfig) and isinstance(student, RunConfig)
         assert set(student.dataset_options) <= set(dataset_options(student.dataset))
         assert student.dataset == teacher.dataset and student.dataset_options == teacher.dataset_options
+        assert student.data_root == teacher.data_root
+        if student.data_root is not None:  # data kept outside the repository: its own tests below
+            seen[name] = (student.dataset, student.data_root, student.model, student.img_size, student.weights)
+            continue
         # The data each setting is about can be built (on the synthetic items, few scenes).
         opts = {**student.dataset_options}
         opts[accuracy.QUICK_COUNT_OPTIONS[student.dataset]] = 4
@@ -235,6 +239,70 @@ def test_every_setting_resolves_to_valid_runs(root):
     quadrants_teacher, _ = accuracy.run_configs(accuracy.load_setting("quadrants"))
     assert lowres.weights and lowres.img_size < quadrants_teacher.img_size
     assert accuracy.load_setting("lowres")["teacher_of"] == "quadrants"
+
+
+# ---- the real-photo settings (movie posters, read from ../shared; never needed by the tests) ---------------
+
+POSTERS = ("posters_scratch", "posters_lowres")
+
+
+def test_poster_settings_resolve_from_the_repository_root_whatever_the_current_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    expected_root = str(accuracy.ROOT / "../shared/data/movie_posters")
+    scratch_teacher, scratch = accuracy.run_configs(accuracy.load_setting("posters_scratch"))
+    lowres_setting = accuracy.load_setting("posters_lowres")
+    _, lowres = accuracy.run_configs(lowres_setting)
+    for cfg in (scratch_teacher, scratch, lowres):
+        assert cfg.dataset == "csv" and cfg.data_root == expected_root
+        # A validation carve of a fifth of train.csv (about 1,050 posters), the same images for every seed.
+        assert cfg.val_split is None and cfg.val_fraction == 0.2
+    assert scratch_teacher.model == "tf_efficientnet_lite0" and scratch_teacher.weights == "efficientnet-lite0"
+    assert scratch.model == "tiny_cnn" and scratch.weights is None
+    assert lowres.model == "tf_efficientnet_lite0" and lowres.weights == "efficientnet-lite0"
+    assert scratch.img_size == lowres.img_size < scratch_teacher.img_size
+    assert scratch.cache_teacher and lowres.cache_teacher and not scratch.augment
+    # posters_lowres distils from the posters_scratch teacher, which is exactly that setting's own.
+    assert lowres_setting["teacher_of"] == "posters_scratch"
+    assert accuracy.load_setting("posters_scratch")["teacher_of"] == "posters_scratch"
+    for name in POSTERS:
+        assert "movie_posters" in accuracy.load_setting(name)["external_data"]
+
+
+def _fake_repository(tmp_path, monkeypatch, posters: str):
+    """Point the suite's repository root into ``tmp_path``; the posters folder is absent, empty or a tiny csv set."""
+    (tmp_path / "repo").mkdir()  # a path through "repo/.." resolves only when "repo" exists, as the real root does
+    monkeypatch.setattr(accuracy, "ROOT", tmp_path / "repo")
+    folder = tmp_path / "shared" / "data" / "movie_posters"
+    if posters != "absent":
+        folder.mkdir(parents=True)
+    if posters == "tiny":
+        Image.new("RGB", (8, 12), (200, 30, 30)).save(folder / "a.jpg")
+        for split in ("train", "test"):
+            (folder / f"{split}.csv").write_text("image,labels\na.jpg,Drama|Comedy\n")
+    return folder
+
+
+@pytest.mark.parametrize("posters", ["absent", "empty"])
+@pytest.mark.parametrize("name", POSTERS)
+def test_a_missing_poster_folder_stops_the_setting_with_a_message(tmp_path, monkeypatch, capsys, name, posters):
+    folder = _fake_repository(tmp_path, monkeypatch, posters)
+    out = tmp_path / "out"
+    assert accuracy.main([name, "--seeds", "0", "--methods", "vanilla", "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    assert f"setting {name!r} needs the movie_posters data set" in err and "which is not present" in err
+    assert f"expected in {folder.resolve()}" in err
+    assert not out.exists()  # stopped before any run
+    accuracy.main(["--list"])
+    listed = capsys.readouterr().out
+    assert f"{name:15s} csv (../shared/data/movie_posters, not present)" in listed
+
+
+def test_present_poster_data_passes_the_check(tmp_path, monkeypatch):
+    _fake_repository(tmp_path, monkeypatch, "tiny")
+    for name in POSTERS:
+        setting = accuracy.load_setting(name)
+        assert accuracy.missing_data(name, setting, accuracy.run_configs(setting)) is None
 
 
 # Every setting's resolved runs, as computed before `demo` was renamed `quadrants` and before the other

@@ -174,22 +174,44 @@ def _record_teacher(monkeypatch, calls):
     monkeypatch.setattr(trainer_module, "teacher_outputs", outputs)
 
 
-@pytest.mark.xfail(reason="fails on the unmodified previous commit too on this machine (cached and uncached "
-                   "weights differ from the first layer); under investigation, see the closing note", strict=False)
+def _one_image_at_a_time(run_teacher):
+    """`run_teacher`, run on each image of the batch alone: an image's outputs cannot depend on its batch.
+
+    Logits come back column-major, the layout the batched read-out (an einsum) gives them, so that the
+    uncached path gets the layout it gets in a real run (and makes it contiguous as there).
+    """
+    def run(teacher, images):
+        outs = [run_teacher(teacher, images[i:i + 1]) for i in range(images.shape[0])]
+        embeddings = None if outs[0].label_embeddings is None else torch.cat([o.label_embeddings for o in outs])
+        return ModelOutput(torch.cat([o.logits for o in outs]).t().contiguous().t(), embeddings,
+                           [torch.cat(level) for level in zip(*(o.features for o in outs))])
+    return run
+
+
 def test_k_view_cache_trains_bit_identically_and_teaches_consistently(data_root, teacher, tmp_path, monkeypatch):
-    # The premise of bit-equality: this teacher's output for an image does not depend on its batch
-    # (true of this tiny CPU model at 64 px, not at 40 or 48 px; in general only the cache's fixed fill
-    # chunks make reruns agree).
+    # Bit-identity needs a teacher whose output for an image does not depend on its batch: a premise of
+    # the teacher, not of the cache, and machine-dependent. With MKL on an AVX-512 CPU (torch 2.14) the
+    # logit read-out einsum (a batched GEMM) rounds a batch of 16 (the uncached run's student batches)
+    # otherwise than a fill chunk of 64, by 1 ulp (the former premise check, embeddings only, missed it),
+    # so the runs split from step 1 (same images, views, embeddings). Hence the teacher runs one image at
+    # a time in both runs: what is compared is the cache itself (views, indices, fill, random stream).
+    from mlkd.engine import teacher_cache as teacher_cache_module
+
+    one_at_a_time = _one_image_at_a_time(trainer_module.run_teacher)
     model, _ = model_from_checkpoint(teacher)
     x = torch.rand(64, 3, TEACHER_SIZE, TEACHER_SIZE)
     with torch.no_grad():
-        assert torch.equal(model(x[10:26]).label_embeddings, model(x).label_embeddings[10:26])
+        part, whole = one_at_a_time(model, x[10:26]), one_at_a_time(model, x)
+    assert torch.equal(part.logits, whole.logits[10:26])
+    assert torch.equal(part.label_embeddings, whole.label_embeddings[10:26])
 
     common = dict(teacher=str(teacher), teacher_views=2, epochs=3)
     runs = {}
     for label, cache in (("plain", False), ("cached", True)):
         calls = {"teacher_images": [], "steps": []}
         _record_teacher(monkeypatch, calls)
+        monkeypatch.setattr(trainer_module, "run_teacher", one_at_a_time)
+        monkeypatch.setattr(teacher_cache_module, "run_teacher", one_at_a_time)
         result = mlkd.distill(**run_config(data_root, tmp_path / label, cache_teacher=cache, **common))
         monkeypatch.undo()
         runs[label] = (result, calls)
@@ -223,7 +245,7 @@ def test_k_view_cache_trains_bit_identically_and_teaches_consistently(data_root,
             for j in (0, 9):
                 assert torch.equal(images[j], views.view(int(index[j]), int(view[j]))[0])
             with torch.no_grad():
-                fresh = model(norm(images))
+                fresh = one_at_a_time(model, norm(images))
             assert torch.equal(out.label_embeddings, fresh.label_embeddings)
             assert torch.equal(out.logits, fresh.logits)
 
