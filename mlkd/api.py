@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from mlkd.config import DISTILL_METHOD, RunConfig, config_values, make_config
 from mlkd.data import build_datasets, build_transforms, create_dataset, dataset_splits
 from mlkd.engine.checkpoint import load_checkpoint, model_from_checkpoint
@@ -39,36 +41,59 @@ def train(config: RunConfig | dict | str | Path | None = None, **overrides: Any)
     return fit(cfg)
 
 
-def distill(teacher: str | Path | None = None, method: str | None = None,
+def distill(teacher: str | Path | nn.Module | None = None, method: str | None = None,
             config: RunConfig | dict | str | Path | None = None, **overrides: Any) -> RunResult:
     """Train a student under a frozen teacher with a registered distiller (``l2d``, ``kd``, ...).
 
+    The teacher is one of: an mlkd checkpoint (``teacher="runs/t/best.pt"``); a timm classifier trained
+    elsewhere (``teacher_model="resnet50", teacher_weights="teacher.pth"``, as the flags
+    ``--teacher-model``/``--teacher-weights``); or any ``nn.Module`` (``teacher=module``) whose forward
+    returns logits ``[N, t]``, a `ModelOutput`, or a dict with ``"logits"`` (and optionally
+    ``"features"``). A teacher trained elsewhere is mapped to the data set's classes by name, from
+    ``teacher_classes`` (a text file or a list, in its output order; unset: the data set's classes);
+    ``teacher_missing_labels="exclude"`` leaves data-set classes it lacks out of the distillation terms.
+
+    A module's input is never guessed: give ``teacher_img_size``, ``teacher_mean`` and ``teacher_std`` as
+    it was trained, or ``teacher_same_input=True`` to hand it the student's images as they are (the run's
+    ``img_size``, values in [0, 1], no normalisation). config.yaml records the module's class
+    (``teacher_module``), not the module: to resume, pass the module again
+    (``distill(teacher=module, config="<run>/config.yaml", resume=True)``).
+
     Args:
-        teacher: checkpoint of the teacher (``best.pt`` of an `mlkd train` run); ``None`` keeps the
-            configuration's.
+        teacher: an mlkd checkpoint path, or a teacher module; ``None`` keeps the configuration's.
         method: distiller name (see `mlkd.losses.list_distillers`); ``vanilla`` trains without one.
             ``None``: the configuration's method when it names one (a `RunConfig` always does), else
             `mlkd.config.DISTILL_METHOD` (``l2d``), as for ``mlkd distill``.
         config: as in `train`.
-        **overrides: `RunConfig` fields, e.g. ``lambdas={"cd": 50}``, ``model="resnet34"``.
+        **overrides: `RunConfig` fields, e.g. ``lambdas={"cd": 50}``, ``model="resnet34"``,
+            ``teacher_classes=[...]``.
 
     Raises:
-        TypeError: ``config`` is not one of the accepted types.
+        TypeError: ``config`` or ``teacher`` is not one of the accepted types.
         ValueError: a setting that cannot work, naming the key and the fix.
     """
     values = config_values(config)
     given: dict[str, Any] = {}
-    if teacher is not None:
+    module = None
+    if isinstance(teacher, nn.Module):
+        from mlkd.engine.teacher import module_name
+
+        module = teacher
+        given["teacher_module"] = module_name(module)
+    elif isinstance(teacher, (str, os.PathLike)):
         given["teacher"] = str(teacher)
+    elif teacher is not None:
+        raise TypeError(f"teacher must be the path of an mlkd checkpoint (str or Path) or an nn.Module, got "
+                        f"{type(teacher).__name__}")
     if method is not None:
         given["method"] = method
     elif "method" not in values:
         given["method"] = DISTILL_METHOD
     cfg = make_config(values, **given, **overrides)
-    if cfg.method == "vanilla" and cfg.teacher:
+    if cfg.method == "vanilla" and (cfg.teacher or module is not None):
         log.warning("method 'vanilla' trains without the teacher %s; pass method=... (e.g. %r) to distil from it",
-                    cfg.teacher, DISTILL_METHOD)
-    return fit(cfg)
+                    cfg.teacher or cfg.teacher_module, DISTILL_METHOD)
+    return fit(cfg) if module is None else fit(cfg, teacher_module=module)
 
 
 def evaluate(checkpoint: str | Path, dataset: str | None = None, data_root: str | None = None,

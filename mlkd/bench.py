@@ -43,15 +43,19 @@ BOOTSTRAP_SEED = 0
 REFERENCE = "vanilla"
 # What a comparison writes at the top of its folder, besides one folder of runs per method.
 BENCH_FILES = frozenset({"comparison.json", "comparison.md", "comparison_map.png", "ap_gain_per_label.png"})
+# The folder of a comparison's fitted teacher heads (a teacher trained elsewhere, without label-wise head,
+# under l2d/led/cd/id): shared by all its runs, so that the head is fitted once.
+FITTED_HEADS = "fitted_heads"
 
 
-def compare(teacher: str | Path, methods: Sequence[str | tuple[str, str, dict[str, float]]], seeds: Sequence[int],
+def compare(teacher: str | Path | None, methods: Sequence[str | tuple[str, str, dict[str, float]]], seeds: Sequence[int],
             config: RunConfig | dict | str | Path | None = None, output: str | Path = "runs/bench",
             teacher_metrics: dict[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
     """Distil one student per (method, seed) from ``teacher`` and write the comparison.
 
     Args:
-        teacher: the teacher checkpoint (``best.pt``).
+        teacher: the teacher checkpoint (``best.pt``), or None when the configuration names a teacher trained
+            elsewhere (``teacher_model``, ``teacher_weights``; see `mlkd.distill`).
         methods: distiller names, or ``(label, name, lambdas)`` triples for variants such as ablations
             (e.g. ``("MLD+CD", "l2d", {"id": 0})``). Gains are reported when one of them is the
             ``vanilla`` method (the student trained without a teacher).
@@ -77,6 +81,8 @@ def compare(teacher: str | Path, methods: Sequence[str | tuple[str, str, dict[st
     out = output_folder(output)
     seeds = [int(s) for s in seeds]
     base = make_config(config, **overrides)
+    if base.teacher_model and base.teacher_head_cache is None:
+        base = make_config(base, teacher_head_cache=str(out / FITTED_HEADS))
     runs = plan_runs(teacher, methods, seeds, base, out)
     if any(run.config.teacher for run in runs) and not Path(teacher).is_file():
         raise FileNotFoundError(f"--teacher {teacher} does not exist; pass the best.pt of an mlkd train run")
@@ -132,7 +138,8 @@ def plan_runs(teacher: str | Path, methods: Sequence[str | tuple[str, str, dict[
         output: the comparison's folder; run ``(label, seed)`` goes to ``output/<folder name>/seed<seed>``.
 
     Raises:
-        ValueError: seeds that repeat or are out of range; labels that repeat, give no usable folder name
+        ValueError: seeds that repeat or are out of range; a method that needs a teacher when none is given
+            (neither ``teacher`` nor ``base.teacher_model``); labels that repeat, give no usable folder name
             (``..``, ``.``, empty, hidden, one of the comparison's files) or share a folder; a method's
             unknown or refused ``--lambda``/``--method-option``. Each message names the value and the fix.
     """
@@ -150,13 +157,20 @@ def plan_runs(teacher: str | Path, methods: Sequence[str | tuple[str, str, dict[
         except ValueError as err:
             raise ValueError(f"bench method {label!r}: {err}") from None
     needs = {name: create_distiller(name) for _, name, _ in entries}
+    if teacher is None and not base.teacher_model:
+        taught = [label for label, name, _ in entries if needs[name].requires_teacher]
+        if taught:
+            raise ValueError(f"bench methods {', '.join(map(repr, taught))} distil from a teacher: pass --teacher (a "
+                             "best.pt of mlkd train) or --teacher-model with --teacher-weights")
     order = sorted(entries, key=lambda e: (needs[e[1]].uses_features, needs[e[1]].uses_embeddings), reverse=True)
     runs = []
     for label, name, lambdas in order:
+        # A method without teacher gets none (the vanilla student), of either kind.
+        teacher_fields = ({"teacher": None if teacher is None else str(teacher)} if needs[name].requires_teacher
+                          else {"teacher": None, "teacher_model": None, "teacher_weights": None})
         for seed in seeds:
-            cfg = make_config(base, method=name, teacher=str(teacher) if needs[name].requires_teacher else None,
-                              seed=seed, output=str(folders[label] / f"seed{seed}"),
-                              lambdas={**base.lambdas, **lambdas})
+            cfg = make_config(base, method=name, **teacher_fields, seed=seed,
+                              output=str(folders[label] / f"seed{seed}"), lambdas={**base.lambdas, **lambdas})
             runs.append(PlannedRun(label, name, cfg))
     return runs
 
@@ -195,7 +209,8 @@ def _open_bench_folder(out: Path, runs: list[PlannedRun], info: ddp.DistInfo) ->
     folder = None
     if info.is_main:
         try:
-            folder = RunFolder(out, BENCH_FILES | {Path(run.config.output).parent.name for run in runs}).open()
+            folder = RunFolder(out, BENCH_FILES | {FITTED_HEADS} | {Path(run.config.output).parent.name
+                                                                   for run in runs}).open()
             error = _check_bench_folder(folder)
         except (OSError, ValueError) as err:
             error = err
@@ -220,7 +235,7 @@ def _check_bench_folder(folder: RunFolder) -> FileExistsError | None:
     if not entries:
         return None
     runs = {name: _runs_in(out / name) for name in entries}
-    foreign = [name for name in foreign_entries(out, BENCH_FILES) if runs[name] is None]
+    foreign = [name for name in foreign_entries(out, BENCH_FILES | {FITTED_HEADS}) if runs[name] is None]
     if not foreign and (folder.used_before or any(runs.values())):
         return None
     shown = foreign or entries
@@ -259,11 +274,12 @@ def _compare(teacher, labels: list[str], runs: list[PlannedRun], seeds: list[int
         folders[run.label].append(run_dir)
         log.info("bench: %-10s seed %d  val mAP %.2f%%  test mAP %.2f%%  (%.0f s, %s)", run.label, cfg.seed,
                  100 * metrics["best_val_mAP"], 100 * metrics["mAP"], time.perf_counter() - t0, run_dir)
-    if teacher_metrics is None:
+    if teacher_metrics is None and teacher is not None:
         path = Path(teacher).parent / "metrics.json"
         teacher_metrics = json.loads(path.read_text()) if path.exists() else None
     result = summarise(results, teacher_metrics)
-    result["teacher_checkpoint"] = str(teacher)
+    result["teacher_checkpoint"] = (str(teacher) if teacher is not None else
+                                    f"timm {base.teacher_model}, weights {base.teacher_weights}")
     result["seeds"] = list(seeds)
     result["student"] = base.model
     result["threads"] = base.threads

@@ -9,7 +9,8 @@ import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
-from mlkd.config import DISTILL_METHOD, TEACHER_PRECISIONS, RunConfig, load_yaml, make_config, parse_yaml
+from mlkd.config import DISTILL_METHOD, TEACHER_MISSING_LABELS, TEACHER_PRECISIONS, RunConfig, load_yaml, make_config, \
+    parse_yaml
 from mlkd.data.custom_csv import FORMAT_SUMMARY
 
 log = logging.getLogger("mlkd")
@@ -25,6 +26,17 @@ def _lambda(text: str) -> tuple[str, float]:
         return name.strip(), float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"--lambda takes NAME=VALUE, e.g. --lambda cd=50; got {text!r}") from None
+
+
+def _floats(text: str) -> list[float]:
+    """``"0.485,0.456,0.406"`` -> ``[0.485, 0.456, 0.406]`` (--teacher-mean, --teacher-std)."""
+    try:
+        values = [float(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        values = []
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, e.g. 0.485,0.456,0.406; got {text!r}")
+    return values
 
 
 def _option(text: str) -> tuple[str, Any]:
@@ -124,7 +136,34 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 def _add_distill_options(p: argparse.ArgumentParser, teacher_required: bool = True) -> None:
     g = p.add_argument_group("distillation")
-    g.add_argument("--teacher", required=teacher_required, help="teacher checkpoint (best.pt of mlkd train)")
+    g.add_argument("--teacher", required=teacher_required,
+                   help="teacher checkpoint (best.pt of mlkd train); for a teacher trained elsewhere use "
+                        "--teacher-model and --teacher-weights instead")
+    t = p.add_argument_group("a teacher trained elsewhere (docs/method.md, 'Bring your own teacher')")
+    t.add_argument("--teacher-model", dest="teacher_model", metavar="NAME",
+                   help="timm architecture of the teacher (e.g. resnet50); exclusive with --teacher")
+    t.add_argument("--teacher-weights", dest="teacher_weights", metavar="FILE",
+                   help="its trained state dict (.pth/.pt/.bin/.tar/.ckpt/.safetensors, read weights-only), with "
+                        "one classifier output per class")
+    t.add_argument("--teacher-classes", dest="teacher_classes", metavar="FILE",
+                   help="the teacher's classes, one name per line in its output order; mapped to the data set's "
+                        "by name (default: the data set's classes, in order)")
+    t.add_argument("--teacher-missing-labels", dest="teacher_missing_labels", choices=TEACHER_MISSING_LABELS,
+                   help="data-set labels the teacher has no output for: error (default), or exclude them from the "
+                        "distillation terms (the student still learns them from BCE)")
+    t.add_argument("--teacher-img-size", dest="teacher_img_size", type=int, metavar="PX",
+                   help="the teacher's input resolution (default: timm's pretrained_cfg of --teacher-model; "
+                        "recorded in config.yaml)")
+    t.add_argument("--teacher-mean", dest="teacher_mean", type=_floats, metavar="R,G,B",
+                   help="the teacher's normalisation mean (default: timm's pretrained_cfg; with --teacher-std)")
+    t.add_argument("--teacher-std", dest="teacher_std", type=_floats, metavar="R,G,B",
+                   help="the teacher's normalisation std (default: timm's pretrained_cfg; with --teacher-mean)")
+    t.add_argument("--teacher-same-input", dest="teacher_same_input", action="store_true", default=None,
+                   help="the teacher sees the student's images as they are: --img-size, values in [0, 1], no "
+                        "normalisation (for a teacher trained that way)")
+    t.add_argument("--teacher-head-cache", dest="teacher_head_cache", metavar="DIR",
+                   help="folder of the label-wise heads fitted to a teacher without one (l2d, led, cd, id) "
+                        "(default: fitted_heads beside the --output folder)")
     g.add_argument("--lambda", dest="lambdas", action="append", type=_lambda, metavar="NAME=VALUE",
                    help="override a loss weight, e.g. --lambda cd=50 (repeatable)")
     g.add_argument("--method-option", dest="method_options", action="append", type=_option, metavar="KEY=VALUE",
@@ -172,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="compare methods over seeds on one teacher (table, JSON, plots)")
     _add_run_options(p)
-    _add_distill_options(p)
+    _add_distill_options(p, teacher_required=False)  # --teacher or --teacher-model: `compare` checks
     p.add_argument("--methods", default="vanilla,kd,l2d", help="comma-separated distillers (default vanilla,kd,l2d)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
 
@@ -363,7 +402,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from mlkd.bench import compare
 
         config, values = _run_overrides(args, "bench")
-        teacher = values.pop("teacher")
+        teacher = values.pop("teacher", None) or config.pop("teacher", None)
         output = values.pop("output")
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         if not methods:

@@ -23,6 +23,9 @@ import yaml
 TEACHER_PRECISIONS = ("float32", "bfloat16")
 # The distiller of `mlkd distill` and `mlkd.distill()` when neither the call nor its configuration names one.
 DISTILL_METHOD = "l2d"
+# What a run does with data-set labels its teacher has no output for (--teacher-missing-labels): refuse to
+# start, naming them, or leave them out of the distillation terms (the student still learns them from BCE).
+TEACHER_MISSING_LABELS = ("error", "exclude")
 
 
 @dataclass
@@ -53,8 +56,28 @@ class RunConfig:
     model_options: dict[str, Any] = field(default_factory=dict)  # embed_dim, num_heads, ffn_dim, ...
     weights: str | None = None
     pretrained: bool = False
-    # Distillation.
+    # Distillation. The teacher is one of: an mlkd checkpoint (`teacher`), a timm classifier trained
+    # anywhere (`teacher_model` + `teacher_weights`), or an nn.Module given to `mlkd.distill` (`teacher_module`
+    # records its class; a module cannot be written into config.yaml, so resuming needs it again).
     teacher: str | None = None  # path of a teacher checkpoint written by `mlkd train`
+    teacher_model: str | None = None  # timm architecture of a teacher trained elsewhere (needs teacher_weights)
+    teacher_weights: str | None = None  # its state dict (.pth/.pt/.bin/.tar/.ckpt/.safetensors), loaded weights-only
+    teacher_module: str | None = None  # set by mlkd.distill(teacher=<nn.Module>): the module's class
+    # The teacher's output classes, in its output order: a text file (one name per line) or the names;
+    # None: the data set's classes (then the teacher must have exactly one output per data-set class).
+    teacher_classes: list[str] | str | None = None
+    teacher_missing_labels: str = "error"  # TEACHER_MISSING_LABELS: data-set labels the teacher lacks
+    # The input a teacher trained elsewhere expects; None: timm's pretrained_cfg of teacher_model (recorded in
+    # teacher_input_source), or the run's images with teacher_same_input. A module teacher has no default.
+    teacher_img_size: int | None = None
+    teacher_mean: list[float] | None = None
+    teacher_std: list[float] | None = None
+    teacher_same_input: bool = False  # the teacher sees the student's images: img_size, values in [0, 1], no normalisation
+    # Where each teacher input setting came from ({"img_size": ..., "mean_std": ...}); written by the run.
+    teacher_input_source: dict[str, str] = field(default_factory=dict)
+    # Folder of fitted teacher heads (a teacher without label-wise head under l2d/led/cd/id); None:
+    # "fitted_heads" beside the run's folder. Reused by every run with the same teacher and training images.
+    teacher_head_cache: str | None = None
     method: str = "vanilla"
     lambdas: dict[str, float] = field(default_factory=dict)  # {"cd": 50} -> lambda_cd=50
     method_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"temperature": 4}
@@ -151,7 +174,15 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
         args = [a for a in typing.get_args(kind) if a is not type(None)]
         if value is None and len(args) < len(typing.get_args(kind)):
             return None
-        return _coerce(key, value, args[0])
+        if len(args) == 1:
+            return _coerce(key, value, args[0])
+        # Several types (``list[str] | str``): the first that fits, in the order of the annotation.
+        for arg in args:
+            try:
+                return _coerce(key, value, arg)
+            except _WrongType:
+                continue
+        raise _WrongType(key, " or ".join(_type_name(a) for a in args), value)
     if kind is Any:
         return value
     if value is None:
@@ -164,6 +195,11 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
             if not isinstance(name, str):
                 raise _WrongType(f"{key}: the name {name!r}", "a string", name)
         return {name: _coerce(f"{key}[{name!r}]", v, value_kind) for name, v in value.items()}
+    if origin is list:
+        (item_kind,) = typing.get_args(kind)
+        if not isinstance(value, (list, tuple)):
+            raise _WrongType(key, f"a list of {_type_name(item_kind)} values (e.g. [a, b])", value)
+        return [_coerce(f"{key}[{i}]", v, item_kind) for i, v in enumerate(value)]
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -192,6 +228,13 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
             return str(value)
         raise _WrongType(key, "a string", value)
     return value
+
+
+def _type_name(kind: Any) -> str:
+    """``list[str]`` -> ``"list of str"``, ``float`` -> ``"float"``: how a message names a field type."""
+    if typing.get_origin(kind) is list:
+        return f"list of {_type_name(typing.get_args(kind)[0])}"
+    return getattr(kind, "__name__", str(kind))
 
 
 def _number(value: Any) -> float | int | None:
@@ -452,3 +495,60 @@ def validate(cfg: RunConfig) -> None:
                          f"got {cfg.teacher_precision!r}")
     if not cfg.cache_limit_gib > 0:
         raise ValueError(f"cache_limit_gib must be > 0, got {cfg.cache_limit_gib}")
+    _validate_teacher(cfg)
+
+
+def _validate_teacher(cfg: RunConfig) -> None:
+    """The teacher settings: one kind of teacher, and options only where they apply (see `RunConfig`)."""
+    kinds = [name for name, value in (("teacher", cfg.teacher), ("teacher_model", cfg.teacher_model),
+                                      ("teacher_module", cfg.teacher_module)) if value]
+    if len(kinds) > 1:
+        if "teacher_module" in kinds:
+            raise ValueError(f"the teacher is given twice: as a module (mlkd.distill(teacher=<nn.Module>)) and as "
+                             f"{' and '.join(k for k in kinds if k != 'teacher_module')}; pass one teacher")
+        raise ValueError("--teacher (a best.pt written by mlkd train) and --teacher-model (a timm classifier trained "
+                         "elsewhere, with --teacher-weights) are exclusive: pass one of them")
+    if cfg.teacher_model and not cfg.teacher_weights:
+        raise ValueError(f"--teacher-model {cfg.teacher_model} needs --teacher-weights FILE, the state dict of the "
+                         "trained teacher (a classifier with one output per class); timm's random initialisation "
+                         "has nothing to teach")
+    if cfg.teacher_weights and not cfg.teacher_model:
+        raise ValueError(f"--teacher-weights {cfg.teacher_weights} needs --teacher-model NAME, the timm architecture "
+                         "the weights belong to (e.g. --teacher-model resnet50)")
+    if cfg.teacher_missing_labels not in TEACHER_MISSING_LABELS:
+        raise ValueError(f"teacher_missing_labels (--teacher-missing-labels) must be one of "
+                         f"{', '.join(map(repr, TEACHER_MISSING_LABELS))}, got {cfg.teacher_missing_labels!r}")
+    external = bool(cfg.teacher_model or cfg.teacher_module)
+    if cfg.teacher and not external:
+        # An mlkd checkpoint records its classes and its input; these options would contradict it.
+        given = [flag for flag, value in (("--teacher-classes", cfg.teacher_classes),
+                                          ("--teacher-img-size", cfg.teacher_img_size),
+                                          ("--teacher-mean", cfg.teacher_mean), ("--teacher-std", cfg.teacher_std),
+                                          ("--teacher-same-input", cfg.teacher_same_input)) if value]
+        if given:
+            raise ValueError(f"{', '.join(given)} apply to a teacher trained elsewhere (--teacher-model, or a module "
+                             f"given to mlkd.distill); the mlkd checkpoint --teacher {cfg.teacher} records its own "
+                             "classes, resolution and normalisation: drop them")
+    if isinstance(cfg.teacher_classes, list):
+        if not cfg.teacher_classes:
+            raise ValueError("teacher_classes is an empty list; give the teacher's class names in its output order, "
+                             "or leave it unset for the data set's classes")
+        repeated = sorted({c for c in cfg.teacher_classes if cfg.teacher_classes.count(c) > 1})
+        if repeated:
+            raise ValueError(f"teacher_classes names {', '.join(map(repr, repeated))} more than once; each output of "
+                             "the teacher has one class")
+    elif isinstance(cfg.teacher_classes, str) and not cfg.teacher_classes.strip():
+        raise ValueError("teacher_classes (--teacher-classes) is an empty path; name the text file of the teacher's "
+                         "classes (one per line, in its output order)")
+    if cfg.teacher_img_size is not None and cfg.teacher_img_size < 8:
+        raise ValueError(f"teacher_img_size must be >= 8, got {cfg.teacher_img_size}")
+    if (cfg.teacher_mean is None) != (cfg.teacher_std is None):
+        given, missing = ("teacher_mean", "teacher_std") if cfg.teacher_std is None else ("teacher_std", "teacher_mean")
+        raise ValueError(f"{given} is given without {missing}: the teacher's normalisation needs both "
+                         "(--teacher-mean R,G,B --teacher-std R,G,B; 0,0,0 and 1,1,1 for none)")
+    if cfg.teacher_mean is not None:
+        if len(cfg.teacher_mean) != 3 or len(cfg.teacher_std) != 3:
+            raise ValueError(f"teacher_mean and teacher_std need one value per colour channel (3), got "
+                             f"{cfg.teacher_mean} and {cfg.teacher_std}")
+        if not all(s > 0 for s in cfg.teacher_std):
+            raise ValueError(f"teacher_std values must be > 0, got {cfg.teacher_std}")

@@ -34,3 +34,37 @@ def write_fashion_like(root: Path, n_train: int = 300, n_test: int = 120, seed: 
         write_idx_images(root / f"{split}-images-idx3-ubyte.gz", images)
         write_idx_labels(root / f"{split}-labels-idx1-ubyte.gz", labels)
     return root
+
+
+def write_csv_quadrants(root: Path, classes: list[str], n_train: int = 40, n_val: int = 12, n_test: int = 16,
+                        size: int = 32, seed: int = 0) -> Path:
+    """A ``csv`` data set folder (train/val/test.csv, classes.txt, PNG images) of up to four learnable labels.
+
+    Label ``k`` paints quadrant ``k`` (row-major) of a ``size`` px image in its own colour; every image has
+    at least one label; Gaussian noise on top. Images go to ``root/img``.
+    """
+    from PIL import Image
+
+    if len(classes) > 4:
+        raise ValueError("at most 4 classes (one per quadrant)")
+    rng = np.random.default_rng(seed)
+    colours = [(230, 30, 30), (30, 230, 30), (30, 30, 230), (230, 230, 30)]
+    half = size // 2
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
+        lines = ["image,labels"]
+        for i in range(n):
+            labels = rng.random(len(classes)) < 0.45
+            if not labels.any():
+                labels[i % len(classes)] = True
+            image = np.full((size, size, 3), 60.0)
+            for k in np.flatnonzero(labels):
+                r, c = divmod(int(k), 2)
+                image[r * half:(r + 1) * half, c * half:(c + 1) * half] = colours[k]
+            image = np.clip(image + rng.normal(0, 20, image.shape), 0, 255).astype(np.uint8)
+            name = f"img/{split}{i}.png"
+            Image.fromarray(image).save(root / name)
+            lines.append(name + "," + "|".join(classes[k] for k in np.flatnonzero(labels)))
+        (root / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    (root / "classes.txt").write_text("\n".join(classes) + "\n")
+    return root

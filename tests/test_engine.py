@@ -171,7 +171,7 @@ def test_export_folds_the_input_normalisation(teacher, tmp_path):
 def test_teacher_sees_its_own_resolution_and_normalisation(teacher, tmp_path):
     import torch.nn.functional as F
 
-    from mlkd.engine.trainer import load_teacher
+    from mlkd.engine.teacher import load_teacher
 
     state = load_checkpoint(teacher / "best.pt")
     state["config"]["img_size"] = 48

@@ -157,20 +157,20 @@ def test_cli_caches_the_teacher_with_augmentation(data_root, teacher, tmp_path):
 
 def _record_teacher(monkeypatch, calls):
     """Count the images the teacher runs on, and keep what each step gave the distiller."""
-    real_load, real_outputs = trainer_module.load_teacher, trainer_module.teacher_outputs
+    real_prepare, real_outputs = trainer_module.prepare_teacher, trainer_module.teacher_outputs
 
-    def load(*args, **kwargs):
-        model, norm = real_load(*args, **kwargs)
-        model.register_forward_hook(lambda m, inp, out: calls["teacher_images"].append(inp[0].shape[0]))
-        calls["model"], calls["norm"] = model, norm
-        return model, norm
+    def prepare(*args, **kwargs):
+        setup = real_prepare(*args, **kwargs)
+        setup.module.register_forward_hook(lambda m, inp, out: calls["teacher_images"].append(inp[0].shape[0]))
+        calls["model"], calls["norm"] = setup.module, setup.input
+        return setup
 
     def outputs(teacher, norm, images, index, view, cache, device):
         out = real_outputs(teacher, norm, images, index, view, cache, device)
         calls["steps"].append((images.clone(), index.clone(), view.clone(), out))
         return out
 
-    monkeypatch.setattr(trainer_module, "load_teacher", load)
+    monkeypatch.setattr(trainer_module, "prepare_teacher", prepare)
     monkeypatch.setattr(trainer_module, "teacher_outputs", outputs)
 
 

@@ -1,4 +1,4 @@
-"""Checks that run before a training run writes anything: the distiller's options and the data.
+"""Checks that run before a training run writes anything: the distiller's options, the teacher and the data.
 
 A misspelt ``--lambda`` used to fail after the output folder was created, and a broken test image or a
 validation split without a positive label after hours of training. `preflight` finds these in seconds,
@@ -48,10 +48,14 @@ class CheckedRun:
             run reads its data (and decodes the checked images) once.
         steps: the number of optimizer steps of the learning-rate schedule (what the default lr
             depends on).
+        teacher: a teacher trained elsewhere (`mlkd.models.external.ExternalTeacher`, on the CPU), built
+            with its weights and its classes mapped to the data's; None for an mlkd checkpoint (read
+            by the trainer) or a method without teacher.
     """
 
     sets: Splits
     steps: int
+    teacher: nn.Module | None = None
 
 
 def check_run(cfg: RunConfig, world_size: int = 1) -> int:
@@ -59,12 +63,13 @@ def check_run(cfg: RunConfig, world_size: int = 1) -> int:
     return preflight(cfg, world_size).steps
 
 
-def preflight(cfg: RunConfig, world_size: int = 1) -> CheckedRun:
-    """Check a run's distiller options and data before anything is written.
+def preflight(cfg: RunConfig, world_size: int = 1, teacher_module: nn.Module | None = None) -> CheckedRun:
+    """Check a run's distiller options, teacher and data before anything is written.
 
     Args:
         cfg: the validated run configuration.
         world_size: processes the training set is shared between (torchrun), for the batch count.
+        teacher_module: the module given to `mlkd.distill` as the teacher, if any.
 
     Returns:
         The data sets, built from ``cfg`` and checked, and the schedule's number of optimizer steps.
@@ -74,15 +79,27 @@ def preflight(cfg: RunConfig, world_size: int = 1) -> CheckedRun:
             split; a validation or test split without any positive label; an unreadable image; a training
             set too small for one batch. Each message names the split or option and the fix.
         FileNotFoundError: a missing teacher checkpoint, data folder or split file.
+
+        A teacher trained elsewhere is refused here too (`mlkd.engine.teacher.build_external_teacher`): an
+        unknown timm name, a weights file that is not a state dict or does not fit the architecture, a
+        classifier whose size differs from the class list, classes that do not match the data, a module
+        teacher that is missing (a resumed run) or whose input settings are unknown.
     """
+    from mlkd.engine.teacher import build_external_teacher, check_module_given, is_external, resolve_teacher_input
+
     cfg = resolve_val_split(cfg)
     distiller = check_distiller_options(cfg.method, cfg.lambdas, cfg.method_options)
+    external = distiller.requires_teacher and is_external(cfg)
     if distiller.requires_teacher:
-        if not cfg.teacher:
+        if not cfg.teacher and not external:
             raise ValueError(f"method {cfg.method!r} distils from a teacher: pass --teacher PATH (a best.pt written "
-                             "by mlkd train)")
-        if not Path(cfg.teacher).is_file():
+                             "by mlkd train), or --teacher-model NAME --teacher-weights FILE (a timm classifier "
+                             "trained elsewhere)")
+        if cfg.teacher and not Path(cfg.teacher).is_file():
             raise FileNotFoundError(f"--teacher {cfg.teacher} does not exist; pass the best.pt of an mlkd train run")
+        check_module_given(cfg, teacher_module)
+        if external:
+            resolve_teacher_input(cfg)  # its input settings are known (given, or timm's), else refused now
     sets = build_datasets(cfg)
     train_set, val_set, test_set = sets
     val_name = (f"validation split {cfg.val_split!r}" if cfg.val_split is not None
@@ -97,7 +114,10 @@ def preflight(cfg: RunConfig, world_size: int = 1) -> CheckedRun:
     for name, data in splits:
         check_positives(name, data, classes, required=data is not train_set)
     check_images(splits)
-    return CheckedRun(sets, check_schedule(cfg, len(train_set), world_size))
+    steps = check_schedule(cfg, len(train_set), world_size)
+    # Last, as it can take seconds (a large architecture, a weights file of hundreds of MB).
+    teacher = build_external_teacher(cfg, classes, teacher_module) if external else None
+    return CheckedRun(sets, steps, teacher)
 
 
 def resolve_val_split(cfg: RunConfig) -> RunConfig:

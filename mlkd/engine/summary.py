@@ -152,7 +152,7 @@ def long_run_advice(cfg: RunConfig, estimate: RunEstimate, epochs: int) -> list[
 def summarize_run(cfg: RunConfig, info: ddp.DistInfo, device: torch.device, threads: ThreadChoice,
                   datasets: Sequence[Any], step_module: nn.Module, teacher: nn.Module | None,
                   teacher_input: nn.Module, student_input: nn.Module, amp_dtype: torch.dtype | None,
-                  steps_per_epoch: int, start_epoch: int) -> dict[str, Any]:
+                  steps_per_epoch: int, start_epoch: int, teacher_facts: dict[str, Any] | None = None) -> dict[str, Any]:
     """Log the run's summary (main process, unless ``cfg.quiet``) and warn about very long CPU runs.
 
     Args:
@@ -160,16 +160,22 @@ def summarize_run(cfg: RunConfig, info: ddp.DistInfo, device: torch.device, thre
         step_module: the run's ``TrainStep`` (not wrapped in DDP).
         steps_per_epoch: training batches per epoch and process.
         start_epoch: epochs already done (a resumed run).
+        teacher_facts: `mlkd.engine.teacher.TeacherSetup.facts`: what the teacher is, its classes and
+            input and where they came from, and where each distillation term's teacher signal comes from
+            (``term_sources``: the teacher as given, or a fitted head).
 
     Returns:
         What metrics.json records about the run: ``cost`` (parameters and MACs of the student's and the
-        teacher's backbone and head, see `mlkd.models.cost.model_cost`) and ``threads``.
+        teacher's backbone and head, see `mlkd.models.cost.model_cost`), ``threads`` and, with a teacher,
+        ``teacher`` (``teacher_facts``).
     """
     student = step_module.student
     teacher_size = getattr(teacher_input, "size", None) or cfg.img_size
     costs = {"student": model_cost(student, cfg.img_size).to_dict(),
              "teacher": model_cost(teacher, teacher_size).to_dict() if teacher is not None else None}
     facts = {"cost": costs, "threads": threads.threads}
+    if teacher_facts is not None:
+        facts["teacher"] = teacher_facts
     if not info.is_main:
         return facts
     train_set, val_set, test_set = datasets
@@ -183,7 +189,7 @@ def summarize_run(cfg: RunConfig, info: ddp.DistInfo, device: torch.device, thre
                                 cached_teacher=cfg.cache_teacher and teacher is not None)
     if not cfg.quiet:
         log.info("\n".join(_summary_lines(cfg, info, device, threads, datasets, step_module, teacher, teacher_size,
-                                          costs, amp_dtype, steps_per_epoch, start_epoch, estimate)))
+                                          costs, amp_dtype, steps_per_epoch, start_epoch, estimate, teacher_facts)))
     if estimate is not None and device.type == "cpu" and estimate.total > LONG_RUN_SECONDS:
         tips = long_run_advice(cfg, estimate, epochs_left)
         bar = "!" * 78
@@ -196,6 +202,40 @@ def summarize_run(cfg: RunConfig, info: ddp.DistInfo, device: torch.device, thre
             *[f"!!   {tip}" for tip in tips],
             bar]))
     return facts
+
+
+def teacher_lines(facts: dict[str, Any], size: int, cached: bool) -> list[str]:
+    """The summary's lines about the teacher: what it is, its classes, its input and where each setting came
+    from, and where each distillation term's teacher signal comes from."""
+    lines = [f"  teacher   {facts['description']} at {size} px, frozen" + (", outputs cached" if cached else "")]
+    classes = facts.get("classes")
+    if classes:
+        text = f"classes: {classes['teacher']} from {classes['from']}; {classes['used']} taught by name"
+        if classes.get("unused"):
+            text += f", {classes['unused']} not in the data set (ignored)"
+        if classes.get("excluded"):
+            shown = ", ".join(classes["excluded"][:8]) + (" ..." if len(classes["excluded"]) > 8 else "")
+            text += f"; {len(classes['excluded'])} excluded from distillation (BCE only): {shown}"
+        lines.append(f"            {text}")
+    given = facts.get("input") or {}
+    source = given.get("source") or {}
+    if given.get("mean") is not None:
+        norm = f"mean {_numbers(given['mean'])} std {_numbers(given['std'])}"
+    else:
+        norm = "no normalisation"
+    if source:
+        lines.append(f"            input: {given.get('img_size')} px ({source.get('img_size', '?')}); {norm} "
+                     f"({source.get('mean_std', '?')})")
+    by_source: dict[str, list[str]] = {}
+    for term, where in (facts.get("term_sources") or {}).items():
+        by_source.setdefault(where, []).append(term)
+    for where, terms in by_source.items():
+        lines.append(f"            {', '.join(terms)}: {where}")
+    return lines
+
+
+def _numbers(values: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
 
 
 def _weights_text(cfg: RunConfig) -> str:
@@ -219,7 +259,7 @@ def _method_text(distiller: nn.Module, method: str) -> str:
 def _summary_lines(cfg: RunConfig, info: ddp.DistInfo, device: torch.device, threads: ThreadChoice,
                    datasets: Sequence[Any], step_module: nn.Module, teacher: nn.Module | None, teacher_size: int,
                    costs: dict[str, Any], amp_dtype: torch.dtype | None, steps_per_epoch: int, start_epoch: int,
-                   estimate: RunEstimate | None) -> list[str]:
+                   estimate: RunEstimate | None, teacher_facts: dict[str, Any] | None = None) -> list[str]:
     train_set, val_set, test_set = datasets
     classes = train_set.classes
     val_from = (f"{cfg.val_split!r} split" if cfg.val_split is not None
@@ -235,7 +275,10 @@ def _summary_lines(cfg: RunConfig, info: ddp.DistInfo, device: torch.device, thr
         f"  model     {cfg.model} at {cfg.img_size} px, {_weights_text(cfg)}",
         f"            {describe_cost(costs['student'])}",
     ]
-    if teacher is not None:
+    if teacher is not None and teacher_facts:
+        lines += teacher_lines(teacher_facts, teacher_size, cfg.cache_teacher)
+        lines.append(f"            {describe_cost(costs['teacher'])}")
+    elif teacher is not None:
         name = getattr(teacher, "model_args", {}).get("name", "?")
         lines += [f"  teacher   {cfg.teacher}: {name} at {teacher_size} px, frozen"
                   + (", outputs cached" if cfg.cache_teacher else ""),

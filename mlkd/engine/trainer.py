@@ -34,11 +34,14 @@ from mlkd.engine.logging import RunLogger, plot_learning_curves, progress
 from mlkd.engine.run_folder import RunFolder, foreign_entries
 from mlkd.engine.schedule import build_schedule
 from mlkd.engine.summary import summarize_run
-from mlkd.engine.teacher import load_teacher, run_teacher
+from mlkd.engine.teacher import TeacherSetup, is_external, prepare_teacher, resolve_teacher_input, run_teacher, \
+    teacher_identity
 from mlkd.engine.teacher_cache import DEFAULT_VIEWS, TeacherCache, fill_view, shared_cache
 from mlkd.engine.threads import set_threads
 from mlkd.files import atomic_write_text
 from mlkd.losses import create_distiller
+from mlkd.losses._checks import check_targets
+from mlkd.losses.logits import bce_sum_loss
 from mlkd.models import create_model
 from mlkd.outputs import LossOutput, ModelOutput
 
@@ -46,7 +49,7 @@ log = logging.getLogger("mlkd")
 
 # Settings that do not change what a resumed run computes.
 RESUME_MAY_CHANGE = {"resume", "output", "quiet", "workers", "device", "tensorboard", "data_root", "cache_limit_gib",
-                     "threads"}
+                     "threads", "teacher_head_cache"}
 
 
 @dataclass
@@ -68,17 +71,32 @@ class TrainStep(nn.Module):
     the batch (BCE, CD, ID, ...) with batch-averaged ones (MLD, KD, ...). Scaling each summed term
     by ``world_size`` before the backward pass makes the averaged gradient equal the gradient of the
     objective on the global batch; the logged terms stay unscaled.
+
+    Args:
+        student, distiller: the run's.
+        world_size: processes under torchrun.
+        label_columns: the data-set columns the teacher's outputs stand for, when it lacks some of the
+            data set's labels (``teacher_missing_labels="exclude"``); the distiller then sees only those
+            columns of the student and the targets (`distill_taught_labels`). None: all labels.
     """
 
-    def __init__(self, student: nn.Module, distiller: nn.Module, world_size: int = 1):
+    def __init__(self, student: nn.Module, distiller: nn.Module, world_size: int = 1,
+                 label_columns: list[int] | None = None):
         super().__init__()
         self.student = student
         self.distiller = distiller
         self.world_size = world_size
+        self.label_columns = None if label_columns is None else [int(c) for c in label_columns]
+        if self.label_columns is not None:
+            # Buffers, so that the indices follow the module to its device (not saved: the run rebuilds them).
+            self.register_buffer("taught", torch.tensor(self.label_columns, dtype=torch.long), persistent=False)
 
     def forward(self, images: Tensor, teacher_out: ModelOutput | None, targets: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         student_out = self.student(images)
-        out: LossOutput = self.distiller(student_out, teacher_out, targets)
+        if self.label_columns is None:
+            out: LossOutput = self.distiller(student_out, teacher_out, targets)
+        else:
+            out = distill_taught_labels(self.distiller, student_out, teacher_out, targets, self.taught)
         if self.world_size == 1:
             return out.total, out.terms
         mean_terms = self.distiller.batch_mean_terms
@@ -86,34 +104,89 @@ class TrainStep(nn.Module):
         return total, out.terms
 
 
-def fit(cfg: RunConfig) -> RunResult:
+def distill_taught_labels(distiller: nn.Module, student: ModelOutput, teacher: ModelOutput | None, targets: Tensor,
+                          taught: Tensor) -> LossOutput:
+    """The objective when the teacher knows only some of the data set's labels.
+
+    The distiller sees the student's logits and label-wise embeddings, and the targets, of the taught
+    labels only (columns ``taught``, in the order of the teacher's outputs); the student's feature maps
+    whole. The labels the teacher lacks still train the student through BCE: since the summed BCE adds
+    up over labels, their part is added to the ``bce`` term (weighted by the distiller's ``bce_weight``),
+    so ``bce`` is the BCE over all labels and the distillation terms are over the taught ones.
+
+    Args:
+        distiller: the run's distiller.
+        student: the student's outputs over all ``q`` labels (``logits [N, q]``, ``label_embeddings
+            [N, q, d]`` or None, ``features``).
+        teacher: the teacher's outputs over the taught labels (``logits [N, q']``, ...).
+        targets: ``[N, q]`` labels in {0, 1}.
+        taught: ``[q']`` the data-set column of each teacher output, on the targets' device.
+
+    Returns:
+        The distiller's `LossOutput`, its ``bce`` term and total including the BCE of the other labels.
+    """
+    q = student.logits.shape[1]
+    untaught = torch.ones(q, dtype=torch.bool, device=taught.device)
+    untaught[taught] = False
+    rest = untaught.nonzero().flatten()
+    embeddings = student.label_embeddings
+    seen = ModelOutput(student.logits.index_select(1, taught),
+                       None if embeddings is None else embeddings.index_select(1, taught), student.features)
+    out: LossOutput = distiller(seen, teacher, targets.index_select(1, taught))
+    if rest.numel() == 0:
+        return out
+    validate = bool(getattr(distiller, "validate", True))
+    other = targets.index_select(1, rest)
+    check_targets(other, other.shape[0], other.shape[1], "student.logits", validate)
+    bce_rest = distiller.bce_weight * bce_sum_loss(student.logits.index_select(1, rest), other, validate=validate)
+    terms = dict(out.terms)
+    terms["bce"] = terms["bce"] + bce_rest
+    return LossOutput(total=out.total + bce_rest, terms=terms)
+
+
+def fit(cfg: RunConfig, teacher_module: nn.Module | None = None) -> RunResult:
     """Run one training (``cfg.method == "vanilla"`` without a teacher) or distillation job.
 
     Writes into ``cfg.output``: ``config.yaml``, ``last.pt`` (each epoch), ``best.pt`` (best
     validation mAP), ``log.csv``/``log.jsonl`` (and TensorBoard events), ``learning_curve.png`` and
     ``metrics.json`` with the test metrics of ``best.pt``.
+
+    Args:
+        cfg: the run's configuration.
+        teacher_module: the teacher when it is a module given to `mlkd.distill` (``cfg.teacher_module``
+            records its class; config.yaml cannot hold the module, so a resumed run needs it again).
     """
     # A caller that runs several jobs in one torchrun launch (mlkd bench) keeps its process group
     # for all of them: a process group cannot be created again once destroyed under torchrun.
     owns_group = not ddp.current_info().enabled
     info, device = ddp.init_distributed(cfg.device)
     try:
-        return _fit(cfg, info, device)
+        return _fit(cfg, info, device, teacher_module)
     finally:
         if owns_group:
             ddp.shutdown_distributed()
 
 
-def _fit(cfg: RunConfig, info: ddp.DistInfo, device: torch.device) -> RunResult:
+def _fit(cfg: RunConfig, info: ddp.DistInfo, device: torch.device, teacher_module: nn.Module | None = None) -> RunResult:
     """Pre-flight, the output folder, then the run's three steps: `_set_up`, `_train_epochs`, `_finish`."""
     cfg = resolve_val_split(cfg)  # csv: val.csv when the root has one; recorded in config.yaml
-    # Options and data, before anything is written (engine/preflight.py); the run trains on the sets it checked.
-    checked = preflight(cfg, info.world_size)
+    # Options, data and a teacher trained elsewhere, before anything is written (engine/preflight.py); the
+    # run trains on the sets and with the teacher it checked.
+    checked = preflight(cfg, info.world_size, teacher_module=teacher_module)
+    if checked.teacher is not None:
+        # The teacher's resolution and normalisation: given, or timm's, recorded in config.yaml.
+        cfg = resolve_teacher_input(cfg)
+        size_from = cfg.teacher_input_source.get("img_size", "")
+        if size_from.startswith("timm") and cfg.teacher_img_size != cfg.img_size:
+            log.warning("the teacher sees %d px images, the resolution of %s (timm's weights, not necessarily the "
+                        "one your teacher was trained at); pass --teacher-img-size PX if it was trained at another",
+                        cfg.teacher_img_size, size_from.removeprefix("timm's pretrained_cfg of "))
     if cfg.lr is None:
         # The default rate depends on the schedule's length, known only once the data set is read.
         lr, reason = default_lr_and_reason(cfg, checked.steps)
         cfg = dataclasses.replace(cfg, lr=lr)
-        log.info("lr not given: %g, %s", lr, reason)
+        if info.is_main:  # every process computes the same rate; one line says it
+            log.info("lr not given: %g, %s", lr, reason)
     out_dir = Path(cfg.output)
     folder, resume_state = _prepare_output(cfg, out_dir, info)
     try:
@@ -122,7 +195,7 @@ def _fit(cfg: RunConfig, info: ddp.DistInfo, device: torch.device) -> RunResult:
             # --compile-teacher): a run killed during its set-up leaves the settings that
             # `--output DIR --resume` continues, never a folder that would resume some other run.
             atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(_saved_config(cfg).to_dict(), sort_keys=False))
-        run = _set_up(cfg, info, device, out_dir, checked.sets, resume_state)
+        run = _set_up(cfg, info, device, out_dir, checked.sets, resume_state, checked.teacher, teacher_module)
         _train_epochs(run)
         return _finish(run)
     except (Exception, KeyboardInterrupt):
@@ -146,6 +219,9 @@ class _Models:
     teacher: nn.Module | None
     teacher_input: ModelInput
     teacher_sample: ModelOutput | None  # the teacher's outputs of the sample batch: the cache's shapes
+    label_columns: list[int] | None = None  # data-set columns the teacher teaches, when not all (TrainStep)
+    teacher_facts: dict[str, Any] | None = None  # TeacherSetup.facts: the summary's and metrics.json's
+    teacher_module: nn.Module | None = None  # a module given to mlkd.distill (the cache key reads its state)
 
 
 @dataclass
@@ -179,7 +255,8 @@ class _Run:
 
 
 def _set_up(cfg: RunConfig, info: ddp.DistInfo, device: torch.device, out_dir: Path, sets: Splits,
-            resume_state: dict[str, Any] | None) -> _Run:
+            resume_state: dict[str, Any] | None, prebuilt_teacher: nn.Module | None = None,
+            teacher_module: nn.Module | None = None) -> _Run:
     """Step 1: seeds, models, loaders, optimiser and schedule, the teacher cache, the resumed state, the logs.
 
     Every random draw happens in a fixed order (seeds, the teacher, the student's initialisation, the
@@ -188,7 +265,7 @@ def _set_up(cfg: RunConfig, info: ddp.DistInfo, device: torch.device, out_dir: P
     _seed_everything(cfg.seed)
     amp_dtype = _amp_dtype(cfg, device)
     threads = set_threads(cfg.threads)
-    models = _build_models(cfg, info, device, sets.train)
+    models = _build_models(cfg, info, device, sets.train, prebuilt_teacher, teacher_module)
     run = _build_training(cfg, info, device, out_dir, sets, models, amp_dtype)
     if resume_state is not None:
         _restore(run, resume_state)
@@ -196,7 +273,8 @@ def _set_up(cfg: RunConfig, info: ddp.DistInfo, device: torch.device, out_dir: P
     run.logger = RunLogger(out_dir, tensorboard=cfg.tensorboard, history=run.history) if info.is_main else None
     steps_per_epoch = len(run.train_loader)
     run.facts = summarize_run(cfg, info, device, threads, sets, run.inner, models.teacher, models.teacher_input,
-                              models.student_input, amp_dtype, steps_per_epoch, run.start_epoch)
+                              models.student_input, amp_dtype, steps_per_epoch, run.start_epoch,
+                              teacher_facts=models.teacher_facts)
     run.common = {"model_args": models.student.model_args, "classes": run.classes,
                   "config": _saved_config(cfg).to_dict(), "input_norm": models.student_input.stats}
     return run
@@ -216,20 +294,28 @@ def _create_distiller(cfg: RunConfig, info: ddp.DistInfo) -> nn.Module:
     return distiller
 
 
-def _build_models(cfg: RunConfig, info: ddp.DistInfo, device: torch.device, train_set: Dataset) -> _Models:
+def _build_models(cfg: RunConfig, info: ddp.DistInfo, device: torch.device, train_set: Dataset,
+                  prebuilt_teacher: nn.Module | None = None, teacher_module: nn.Module | None = None) -> _Models:
     """The distiller, the teacher (when the method has one) and the student, on ``device``.
 
     The student's initialisation depends on the seed alone; the distiller's size-dependent parts
-    (projections, fusion) are built from both models' outputs on the first two training images.
+    (projections, fusion) are built from both models' outputs on the first two training images (the
+    student's on the labels the teacher teaches).
     """
     classes = list(train_set.classes)
     distiller = _create_distiller(cfg, info)
-    teacher, teacher_input = None, ModelInput()
+    teacher, teacher_input, setup = None, ModelInput(), None
     if distiller.requires_teacher:
-        teacher, teacher_input = load_teacher(cfg.teacher, classes, device, precision=cfg.teacher_precision,
-                                              compile=cfg.compile_teacher)
-    elif cfg.teacher:
-        log.warning("method %r uses no teacher; ignoring --teacher %s", cfg.method, cfg.teacher)
+        setup: TeacherSetup = prepare_teacher(cfg, classes, device, distiller, train_set, module=teacher_module,
+                                              prebuilt=prebuilt_teacher)
+        teacher, teacher_input = setup.module, setup.input
+        if setup.data_columns is not None:
+            excluded = setup.facts.get("classes", {}).get("excluded", [])
+            log.info("the teacher has no output for %d of the %d labels (%s): they are left out of the distillation "
+                     "terms and train on BCE only", len(excluded), len(classes), ", ".join(excluded))
+    elif cfg.teacher or is_external(cfg):
+        given = cfg.teacher or cfg.teacher_model or cfg.teacher_module
+        log.warning("method %r uses no teacher; ignoring the teacher %s", cfg.method, given)
     torch.manual_seed(cfg.seed)  # the student's initialisation depends on the seed alone
     student = create_model(cfg.model, len(classes), img_size=cfg.img_size, weights=cfg.weights,
                            pretrained=cfg.pretrained, **cfg.model_options)
@@ -245,9 +331,16 @@ def _build_models(cfg: RunConfig, info: ddp.DistInfo, device: torch.device, trai
         s_sample = student(student_input.to(device)(sample))
         t_sample = run_teacher(teacher, teacher_input(sample)) if teacher is not None else None
         student.train()
+    columns = setup.data_columns if setup is not None else None
+    if columns is not None:  # the distiller sees the taught labels only (`distill_taught_labels`)
+        index = torch.tensor(columns, dtype=torch.long, device=device)
+        embeddings = s_sample.label_embeddings
+        s_sample = ModelOutput(s_sample.logits.index_select(1, index),
+                               None if embeddings is None else embeddings.index_select(1, index), s_sample.features)
     distiller.build(s_sample, t_sample)
     distiller.to(device)
-    return _Models(student, student_input, distiller, teacher, teacher_input, t_sample)
+    return _Models(student, student_input, distiller, teacher, teacher_input, t_sample, columns,
+                   setup.facts if setup is not None else None, teacher_module)
 
 
 def _build_training(cfg: RunConfig, info: ddp.DistInfo, device: torch.device, out_dir: Path, sets: Splits,
@@ -263,7 +356,7 @@ def _build_training(cfg: RunConfig, info: ddp.DistInfo, device: torch.device, ou
         raise ValueError(f"the training set has {len(train_set)} images, fewer than one batch of {cfg.batch_size} "
                          "(training drops incomplete batches); lower --batch-size")
     val_loader = eval_loader(val_set, cfg.batch_size, cfg.workers, device)
-    step_module = TrainStep(student, distiller, info.world_size).to(device)
+    step_module = TrainStep(student, distiller, info.world_size, models.label_columns).to(device)
     optimizer = build_optimizer(step_module, cfg.lr, cfg.weight_decay)
     steps_per_epoch = len(train_loader)
     scheduler = build_schedule(optimizer, cfg.lr, (cfg.schedule_epochs or cfg.epochs) * steps_per_epoch, cfg.warmup)
@@ -276,7 +369,7 @@ def _build_training(cfg: RunConfig, info: ddp.DistInfo, device: torch.device, ou
 
     cache = None
     if cfg.cache_teacher and teacher is not None:
-        cache = shared_cache(_cache_key(cfg, train_views.views), len(train_set), train_views.views,
+        cache = shared_cache(_cache_key(cfg, train_views.views, models.teacher_module), len(train_set), train_views.views,
                              keep_embeddings=distiller.uses_embeddings,
                              feature_levels=distiller.teacher_feature_levels if distiller.uses_features else 0,
                              sample=models.teacher_sample, limit_gib=cfg.cache_limit_gib)
@@ -460,12 +553,15 @@ def train_view_count(cfg: RunConfig) -> int | None:
     return DEFAULT_VIEWS if cfg.cache_teacher else None
 
 
-def _cache_key(cfg: RunConfig, views: int) -> tuple:
-    """Everything that determines the teacher's output for a training-set (index, view)."""
-    path = Path(cfg.teacher).resolve()
-    return (str(path), path.stat().st_mtime_ns, cfg.dataset, cfg.data_root, repr(sorted(cfg.dataset_options.items())),
-            cfg.train_split, cfg.val_split, cfg.val_fraction, cfg.img_size, cfg.augment, views,
-            cfg.amp and cfg.amp_dtype, cfg.teacher_precision, cfg.compile_teacher)
+def _cache_key(cfg: RunConfig, views: int, teacher_module: nn.Module | None = None) -> tuple:
+    """Everything that determines the teacher's output for a training-set (index, view): the teacher (its
+    file and modification time, or a module's state digest; its classes, their mapping and its input), the
+    images and views, and the inference settings."""
+    teacher = teacher_identity(cfg, teacher_module)
+    return (repr(sorted(teacher.items())), repr(cfg.teacher_classes), cfg.teacher_missing_labels, cfg.teacher_img_size,
+            repr(cfg.teacher_mean), repr(cfg.teacher_std), cfg.dataset, cfg.data_root,
+            repr(sorted(cfg.dataset_options.items())), cfg.train_split, cfg.val_split, cfg.val_fraction, cfg.img_size,
+            cfg.augment, views, cfg.amp and cfg.amp_dtype, cfg.teacher_precision, cfg.compile_teacher)
 
 
 def build_optimizer(module: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:

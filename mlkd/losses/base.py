@@ -23,6 +23,10 @@ class Distiller(nn.Module):
         requires_teacher: False only for ``vanilla`` (the teacher is then not run at all).
         uses_features: True when the distiller reads ``ModelOutput.features``.
         uses_embeddings: True when it reads ``ModelOutput.label_embeddings``.
+        teacher_terms: each distillation term's name and the part of the teacher's `ModelOutput` it
+            reads (``"logits"``, ``"label_embeddings"`` or ``"features"``), e.g. ``{"mld": "logits"}``; the
+            run summary says from it where each term's teacher signal comes from (a teacher trained
+            elsewhere may get its label-wise embeddings from a fitted head).
         batch_mean_terms: names of the terms that are averaged over the batch (e.g. ``"mld"``);
             every other term, ``"bce"`` included, is a sum over samples or groups. Data-parallel
             training needs this to combine per-device values exactly (sum the sums, average the means).
@@ -35,6 +39,7 @@ class Distiller(nn.Module):
     requires_teacher: bool = True
     uses_features: bool = False
     uses_embeddings: bool = False
+    teacher_terms: dict[str, str] = {}
     batch_mean_terms: frozenset[str] = frozenset()
     # How many of the teacher's deepest stage maps a feature distiller reads (None: all of them); the
     # engine's teacher cache keeps no more than that.

@@ -232,6 +232,7 @@ class L2DLoss(_Objective):
 
     name = "l2d"
     uses_embeddings = True
+    teacher_terms = {"mld": "logits", "cd": "label_embeddings", "id": "label_embeddings"}
     batch_mean_terms = frozenset({"mld"})
 
     def __init__(self, lambda_mld: float | None = None, lambda_led: float | None = None,
@@ -413,6 +414,7 @@ class MLDDistiller(_Objective):
     """
 
     name = "mld"
+    teacher_terms = {"mld": "logits"}
     batch_mean_terms = frozenset({"mld"})
 
     def __init__(self, *, lambda_mld: float = 10.0, temperature: float = 1.0, bce_weight: float = 1.0,
@@ -441,6 +443,7 @@ class LEDDistiller(_Objective):
 
     name = "led"
     uses_embeddings = True
+    teacher_terms = {"cd": "label_embeddings", "id": "label_embeddings"}
 
     def __init__(self, *, lambda_led: float = 1.0, lambda_cd: float = 100.0, lambda_id: float = 1000.0,
                  bce_weight: float = 1.0, validate: bool = True) -> None:
@@ -466,6 +469,7 @@ class CDDistiller(_Objective):
 
     name = "cd"
     uses_embeddings = True
+    teacher_terms = {"cd": "label_embeddings"}
 
     def __init__(self, *, lambda_cd: float = 100.0, bce_weight: float = 1.0, validate: bool = True) -> None:
         super().__init__(bce_weight=bce_weight, validate=validate)
@@ -488,6 +492,7 @@ class IDDistiller(_Objective):
 
     name = "id"
     uses_embeddings = True
+    teacher_terms = {"id": "label_embeddings"}
 
     def __init__(self, *, lambda_id: float = 1000.0, bce_weight: float = 1.0, validate: bool = True) -> None:
         super().__init__(bce_weight=bce_weight, validate=validate)
@@ -510,6 +515,7 @@ class KDDistiller(_Objective):
     """
 
     name = "kd"
+    teacher_terms = {"kd": "logits"}
     batch_mean_terms = frozenset({"kd"})
 
     def __init__(self, *, lambda_kd: float = 10.0, temperature: float = 4.0, bce_weight: float = 1.0,
@@ -534,6 +540,7 @@ class PSDistiller(_Objective):
     """
 
     name = "ps"
+    teacher_terms = {"ps": "logits"}
     batch_mean_terms = frozenset({"ps"})
 
     def __init__(self, *, lambda_ps: float = 10.0, temperature: float = 1.0, bce_weight: float = 1.0,
@@ -575,6 +582,7 @@ class MSEDistiller(_Objective):
             raise ValueError(f"target must be 'features' or 'logits', got {target!r}")
         self.target = target
         self.uses_features = target == "features"
+        self.teacher_terms = {"mse": target}
         default = 6400.0 if target == "features" else 64.0
         self.lambda_mse = check_weight(default if lambda_mse is None else lambda_mse, "lambda_mse")
         self.projection: nn.Module | None = None
@@ -633,6 +641,7 @@ class RKDDistiller(_Objective):
 
     name = "rkd"
     uses_features = True
+    teacher_terms = {"rkd_distance": "features", "rkd_angle": "features"}
     batch_mean_terms = frozenset({"rkd_distance", "rkd_angle"})
 
     def __init__(self, *, lambda_distance: float = 1600.0, lambda_angle: float = 3200.0, bce_weight: float = 1.0,
@@ -664,6 +673,7 @@ class PKTDistiller(_Objective):
 
     name = "pkt"
     uses_features = True
+    teacher_terms = {"pkt": "features"}
     batch_mean_terms = frozenset({"pkt"})
 
     def __init__(self, *, lambda_pkt: float = 30000.0, bce_weight: float = 1.0, validate: bool = True) -> None:

@@ -127,6 +127,7 @@ class ReviewKD(Distiller):
     """
 
     uses_features = True
+    teacher_terms = {"reviewkd": "features"}
     batch_mean_terms = frozenset({"reviewkd"})
 
     def __init__(self, *, bce_weight: float = 1.0, lambda_reviewkd: float = 1.0, mid_channels: int = 256,

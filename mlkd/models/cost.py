@@ -60,18 +60,31 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def model_cost(model: MultiLabelModel, img_size: int) -> ModelCost:
+def model_cost(model: nn.Module, img_size: int) -> ModelCost:
     """Parameters and MACs of ``model``'s backbone and head for one ``img_size × img_size`` image.
 
     The head's MACs are those of the whole inference path minus the backbone's. The model runs in eval
-    mode on its own device and is left in the mode it was in.
+    mode on its own device and is left in the mode it was in. A model that is not a `MultiLabelModel`
+    (a teacher trained elsewhere, `mlkd.models.external.ExternalTeacher`, or one with a fitted head) is
+    counted whole as the backbone: its ``forward_logits`` when it has one, else its ``forward``.
     """
     param = next(model.parameters(), None)
-    x = torch.zeros(1, model.in_chans, img_size, img_size,
+    x = torch.zeros(1, getattr(model, "in_chans", 3), img_size, img_size,
                     device=param.device if param is not None else "cpu")
     was_training = model.training
     model.eval()
     try:
+        if not isinstance(model, MultiLabelModel):
+            macs = count_macs(getattr(model, "forward_logits", model.forward), x)
+            inner, head = getattr(model, "teacher", None), getattr(model, "head", None)
+            if isinstance(inner, nn.Module) and isinstance(head, nn.Module):
+                # A teacher with a fitted head (mlkd.models.fitted_head): the head apart, as for mlkd's models.
+                inner_macs = count_macs(getattr(inner, "forward_logits", inner.forward), x)
+                return ModelCost(img_size=int(img_size), backbone_params=count_parameters(inner),
+                                 head_params=count_parameters(head), backbone_macs=inner_macs,
+                                 head_macs=max(macs - inner_macs, 0))
+            return ModelCost(img_size=int(img_size), backbone_params=count_parameters(model), head_params=0,
+                             backbone_macs=macs, head_macs=0)
         backbone_macs = count_macs(model.backbone.forward_features, x)
         total_macs = count_macs(model.forward_logits, x)
     finally:

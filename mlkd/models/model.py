@@ -56,19 +56,8 @@ class MultiLabelModel(nn.Module):
         self.data_config = data_config
         self.weights_report = None
         stage_channels = [int(info["num_chs"]) for info in backbone.feature_info]
-        final_channels = int(backbone.num_features)
-        # The final map (what the head reads) ends the feature list when it is a spatial map: it replaces
-        # the deepest stage map when the widths agree (same map, or the same map after a final norm as in
-        # Swin), and is appended when a conv head changes the width (EfficientNet, MobileNetV2: 1280).
-        # A token sequence with prefix tokens (ViT) is not a map; its stage maps are then used as timm
-        # gives them.
-        if layout == "NLC":
-            self._final_mode = "none"
-        elif stage_channels and stage_channels[-1] == final_channels:
-            self._final_mode = "replace"
-        else:
-            self._final_mode = "append"
-        self.feature_channels = stage_channels + ([final_channels] if self._final_mode == "append" else [])
+        self._final_mode = final_map_mode(stage_channels, int(backbone.num_features), layout)
+        self.feature_channels = feature_channels(stage_channels, int(backbone.num_features), self._final_mode)
 
     def _check_input(self, x: Tensor) -> None:
         if torch.jit.is_tracing():  # shapes are fixed by the export's example input
@@ -104,23 +93,7 @@ class MultiLabelModel(nn.Module):
         """
         self._check_input(x)
         final, stages = self.backbone.forward_intermediates(x)
-        features = list(stages)
-        if self._final_mode != "none":
-            final_map = final.permute(0, 3, 1, 2) if self.layout == "NHWC" else final
-            if self._final_mode == "replace":
-                if final_map.shape[2:] != features[-1].shape[2:]:
-                    raise RuntimeError(
-                        f"backbone final map {tuple(final_map.shape)} does not match its deepest stage "
-                        f"map {tuple(features[-1].shape)}; this backbone is not supported"
-                    )
-                features[-1] = final_map
-            else:
-                features.append(final_map)
-        if len(features) != len(self.feature_channels):
-            raise RuntimeError(
-                f"backbone returned {len(features)} feature maps but feature_info lists "
-                f"{len(self.feature_channels)}; this backbone is not supported"
-            )
+        features = stage_features(final, stages, self.layout, self._final_mode, len(self.feature_channels))
         embeddings, logits = self.head(self._tokens(final))
         return ModelOutput(logits=logits, label_embeddings=embeddings, features=features)
 
@@ -135,3 +108,67 @@ class MultiLabelModel(nn.Module):
         """
         self._check_input(x)
         return self.head.logits(self.head.embed(self._tokens(self.backbone.forward_features(x))))
+
+
+def final_map_mode(stage_channels: list[int], final_channels: int, layout: str) -> str:
+    """How a backbone's final map (what a head reads) joins its stage maps in ``ModelOutput.features``.
+
+    The final map ends the feature list when it is a spatial map: it replaces the deepest stage map when
+    the widths agree (the same map, or the same map after a final norm as in Swin), and is appended when
+    a conv head changes the width (EfficientNet, MobileNetV2: 1280). A token sequence with prefix tokens
+    (ViT) is not a map; its stage maps are then used as timm gives them.
+
+    Args:
+        stage_channels: channels of the stage maps of ``feature_info``, shallow to deep.
+        final_channels: channels of the final map (``num_features``).
+        layout: ``"NCHW"``, ``"NHWC"`` or ``"NLC"`` (see `mlkd.models.timm_backbone.final_layout`).
+
+    Returns:
+        ``"replace"``, ``"append"`` or ``"none"``.
+    """
+    if layout == "NLC":
+        return "none"
+    if stage_channels and stage_channels[-1] == final_channels:
+        return "replace"
+    return "append"
+
+
+def feature_channels(stage_channels: list[int], final_channels: int, mode: str) -> list[int]:
+    """Channels of each map of ``ModelOutput.features`` under `final_map_mode` ``mode``."""
+    return list(stage_channels) + ([final_channels] if mode == "append" else [])
+
+
+def stage_features(final: Tensor, stages: list[Tensor], layout: str, mode: str, expected: int) -> list[Tensor]:
+    """The feature list of a `ModelOutput`: stage maps, shallow to deep, ending with the final map.
+
+    Args:
+        final: the backbone's final output (``forward_features``), in ``layout``.
+        stages: the stage maps of ``forward_intermediates``, each ``[N, C_i, H_i, W_i]``.
+        layout: the layout of ``final``.
+        mode: `final_map_mode`'s answer for this backbone.
+        expected: the number of maps ``feature_info`` promises (checked).
+
+    Returns:
+        The maps, all NCHW; the last is the final map whenever that is a spatial map.
+
+    Raises:
+        RuntimeError: the backbone's maps do not fit its own ``feature_info``.
+    """
+    features = list(stages)
+    if mode != "none":
+        final_map = final.permute(0, 3, 1, 2) if layout == "NHWC" else final
+        if mode == "replace":
+            if final_map.shape[2:] != features[-1].shape[2:]:
+                raise RuntimeError(
+                    f"backbone final map {tuple(final_map.shape)} does not match its deepest stage "
+                    f"map {tuple(features[-1].shape)}; this backbone is not supported"
+                )
+            features[-1] = final_map
+        else:
+            features.append(final_map)
+    if len(features) != expected:
+        raise RuntimeError(
+            f"backbone returned {len(features)} feature maps but feature_info lists "
+            f"{expected}; this backbone is not supported"
+        )
+    return features

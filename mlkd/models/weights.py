@@ -1,13 +1,13 @@
 """Loading local checkpoints and the packaged offline ImageNet weights of EfficientNet-Lite0/1/2.
 
-Accepted local files (``.safetensors``, ``.pt``, ``.pth``, ``.bin``):
+Accepted local files (``.safetensors``, or torch files ``.pt``, ``.pth``, ``.bin``, ``.tar``, ``.ckpt``):
 
 - a whole mlkd model state dict (keys ``backbone.*`` and ``head.*``), possibly inside a training
   checkpoint dict under ``"model"`` or ``"state_dict"``;
 - a backbone-only state dict, e.g. timm ImageNet weights; the file's classifier keys (named by timm's
   ``pretrained_cfg["classifier"]``) are dropped, and the head keeps its initialisation.
 
-``.pt``/``.pth`` files are read with ``torch.load(weights_only=True)``: tensors, numpy arrays, dicts, lists
+Torch files are read with ``torch.load(weights_only=True)``: tensors, numpy arrays, dicts, lists
 and plain Python values only (an mlkd training checkpoint qualifies), never arbitrary pickled objects.
 """
 from __future__ import annotations
@@ -34,6 +34,8 @@ PACKAGED_WEIGHTS: dict[str, tuple[str, str, str]] = {
     for i in range(3)
 }
 _LIST_LIMIT = 20  # keys shown per category in error messages
+# Suffixes of files read with torch.load (weights only).
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".tar", ".ckpt")
 # What unpickling a numpy array needs (e.g. the numpy RNG state inside an mlkd training checkpoint):
 # the array reconstructor (numpy moves its module between versions, so it is taken from an array's
 # own pickle recipe), the array and dtype classes.
@@ -84,7 +86,8 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]
     """Read a state dict from a local file, unwrapping a training checkpoint.
 
     Args:
-        path: ``.safetensors``, ``.pt``, ``.pth`` or ``.bin`` file.
+        path: ``.safetensors`` file, or a torch file (`TORCH_SUFFIXES`: ``.pt``, ``.pth``, ``.bin``, ``.tar`` as
+            in timm's ``model_best.pth.tar``, ``.ckpt`` as written by Lightning).
 
     Returns:
         ``(state_dict, model_args)``; ``model_args`` is the checkpoint's ``"model_args"`` entry, if any.
@@ -102,7 +105,7 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]
             obj: Any = load_file(str(path), device="cpu")
         except Exception as err:  # safetensors raises its own error types for corrupt headers
             raise ValueError(f"cannot read {path} as a safetensors file ({err})") from err
-    elif suffix in (".pt", ".pth", ".bin"):
+    elif suffix in TORCH_SUFFIXES:
         try:
             # Training checkpoints carry numpy RNG states; allow just the numpy types those need.
             with torch.serialization.safe_globals(_NUMPY_GLOBALS):
@@ -113,7 +116,7 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]
                 "(tensors, dicts and plain values only), e.g. torch.save({'model': model.state_dict()}, path)"
             ) from err
     else:
-        raise ValueError(f"unsupported weights file {path}: use .safetensors, .pt, .pth or .bin")
+        raise ValueError(f"unsupported weights file {path}: use .safetensors, {', '.join(TORCH_SUFFIXES)}")
     if isinstance(obj, Mapping):
         for key in ("model", "state_dict"):
             if isinstance(obj.get(key), Mapping):
