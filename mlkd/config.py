@@ -49,6 +49,10 @@ class RunConfig:
     test_split: str = "test"
     val_fraction: float = 0.1
     img_size: int = 224
+    # Side at which training images are read and augmented; each model gets its own resized copy. None: the
+    # larger of img_size and the teacher's input (`resolve_read_size`, recorded in config.yaml), so that a
+    # teacher sees its own resolution and the same augmented content as the student, not upscaled student images.
+    read_size: int | None = None
     augment: bool = True  # the paper's Cutout + RandAugment on training images
     normalize: bool | None = None  # None: ImageNet mean/std when the backbone was pretrained
     # Model (the one being trained: a teacher under `train`, the student under `distill`).
@@ -476,6 +480,9 @@ def validate(cfg: RunConfig) -> None:
         raise ValueError(f"val_fraction must be in (0, 1) when no val_split is given, got {cfg.val_fraction}")
     if cfg.img_size < 8:
         raise ValueError(f"img_size must be >= 8, got {cfg.img_size}")
+    if cfg.read_size is not None and cfg.read_size < 8:
+        raise ValueError(f"read_size must be >= 8 (or unset: the larger of img_size and the teacher's input), "
+                         f"got {cfg.read_size}")
     if not cfg.output.strip():
         # Path("") is the current folder: an unset shell variable (--output "$DIR") would write there.
         raise ValueError(f"output is empty ({cfg.output!r}); name a folder, e.g. --output runs/my_run "

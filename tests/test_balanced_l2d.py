@@ -171,3 +171,39 @@ def test_a_nan_embedding_of_a_positive_is_named_not_dropped():
             create_distiller("l2d")(ModelOutput(zs, bad_s), ModelOutput(zt, bad_t), y)
     terms = balanced_structure_terms(torch.full_like(es, float("nan")), et, y)
     assert torch.isnan(terms["cd"]) and torch.isnan(terms["id"])
+
+
+def test_the_relation_term_adds_n_lambda_pkt_to_the_balanced_total_on_both_paths():
+    from tests.reference_losses import pkt_ref
+
+    es, et, y = _batch(seed=7)
+    n, q = y.shape
+    zs, zt = torch.randn(n, q, dtype=torch.float64), torch.randn(n, q, dtype=torch.float64)
+    fs, ft = torch.randn(n, 5, 3, 3, dtype=torch.float64), torch.randn(n, 8, 2, 2, dtype=torch.float64)
+    student, teacher = ModelOutput(zs, es, [fs]), ModelOutput(zt, et, [ft])
+    plain = create_distiller("l2d")(student, teacher, y)
+    with_pkt = create_distiller("l2d", lambda_pkt=400.0)
+    assert with_pkt.uses_features and with_pkt.teacher_terms["pkt"] == "features"
+    assert not create_distiller("l2d").uses_features  # the default reads no feature map
+    out = with_pkt(student, teacher, y)
+    expected = n * 400.0 * pkt_ref(fs.mean(dim=(2, 3)), ft.mean(dim=(2, 3)))
+    torch.testing.assert_close(out.terms["pkt"], expected, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(out.total, plain.total + expected, rtol=1e-10, atol=1e-10)
+    # The general path (the one taken when embeddings are gathered across processes) gives the same total.
+    general = create_distiller("l2d", lambda_pkt=400.0)
+    general.embedding_gather = lambda a, b, m: (a, b, m)  # forces the general path, gathering nothing
+    torch.testing.assert_close(general(student, teacher, y).total, out.total, rtol=1e-10, atol=1e-10)
+    # Its gradient reaches the student's features.
+    fs.requires_grad_(True)
+    with_pkt(ModelOutput(zs, es, [fs]), teacher, y).total.backward()
+    assert fs.grad is not None and fs.grad.abs().sum() > 0
+    assert "λ_PKT=400" in with_pkt.describe()
+
+
+def test_the_paper_objective_has_no_relation_term():
+    from mlkd.engine.preflight import check_distiller_options
+
+    with pytest.raises(ValueError, match=r"method 'l2d_paper' has no weight 'pkt'; its weights are mld, led, cd, id"):
+        check_distiller_options("l2d_paper", {"pkt": 1.0}, {})
+    with pytest.raises(ValueError, match=r"lambda_pkt .* addition to the balanced form"):
+        create_distiller("l2d", form="paper", lambda_pkt=1.0)

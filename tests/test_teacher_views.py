@@ -236,7 +236,8 @@ def test_k_view_cache_trains_bit_identically_and_teaches_consistently(data_root,
 
     # Consistent teaching: each step's images are exactly the views named by (index, view), and the
     # teacher's outputs (cached or not) are the teacher's on those very images.
-    train_set = mlkd.data.build_datasets(make_config(run_config(data_root, tmp_path / "x")))[0]
+    # The run's recorded settings: its training images are read at the teacher's side (read_size).
+    train_set = mlkd.data.build_datasets(make_config(str(tmp_path / "plain" / "config.yaml")))[0]
     views = AugmentedViews(train_set, views=2, seed=0)
     for calls in (p_calls, c_calls):
         model, norm = calls["model"], calls["norm"]

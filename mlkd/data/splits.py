@@ -35,17 +35,18 @@ def build_datasets(cfg: RunConfig) -> Splits:
 
     Args:
         cfg: the run's data settings (dataset, data_root, dataset_options, the split names,
-            val_fraction, img_size and augment).
+            val_fraction, img_size, read_size and augment).
 
     Returns:
         The three sets; each has a ``classes`` list, the same in all three. The training set uses the
-        augmenting transform when ``cfg.augment``, the others the evaluation transform.
+        augmenting transform when ``cfg.augment``, the others the evaluation transform. Training images are
+        ``cfg.read_size`` px when it is set (each model resizes its copy), the others ``cfg.img_size``.
 
     Raises:
         ValueError: a training split too small to carve a validation set from, or a test split whose
             classes differ from the training split's.
     """
-    train_tf = build_transforms(cfg.img_size, train=cfg.augment)
+    train_tf = build_transforms(cfg.read_size or cfg.img_size, train=cfg.augment)
     eval_tf = build_transforms(cfg.img_size, train=False)
     make = lambda split, tf: create_dataset(cfg.dataset, cfg.data_root, split, transform=tf, **cfg.dataset_options)  # noqa: E731
     train_full = make(cfg.train_split, train_tf)

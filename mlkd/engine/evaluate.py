@@ -54,10 +54,11 @@ class ShardSampler(Sampler[int]):
 class ModelInput(nn.Module):
     """What one model expects of the shared batch: its input resolution and normalisation.
 
-    Data sets yield images in [0, 1] at the run's ``img_size``; each model adapts them on the device:
-    resized (bilinear, antialiased) to ``size`` when that differs, then ``(x - mean) / std`` when
-    ``mean`` is given. So a teacher fine-tuned at 112 px with ImageNet statistics and a student
-    trained from scratch at 56 px can share one batch.
+    Data sets yield images in [0, 1] (training images at the run's ``read_size``, by default the larger of
+    the student's and the teacher's side; the others at ``img_size``); each model adapts them on the
+    device: resized (bilinear, antialiased) to ``size`` when that differs, then ``(x - mean) / std`` when
+    ``mean`` is given. So a teacher fine-tuned at 112 px with ImageNet statistics and a student trained
+    from scratch at 56 px share one batch read at 112 px.
     """
 
     def __init__(self, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,

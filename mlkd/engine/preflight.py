@@ -51,11 +51,14 @@ class CheckedRun:
         teacher: a teacher trained elsewhere (`mlkd.models.external.ExternalTeacher`, on the CPU), built
             with its weights and its classes mapped to the data's; None for an mlkd checkpoint (read
             by the trainer) or a method without teacher.
+        config: the configuration the sets were built with: the teacher's input and the training images'
+            ``read_size`` resolved (`resolve_teacher_input`, `resolve_read_size`); the run records it.
     """
 
     sets: Splits
     steps: int
     teacher: nn.Module | None = None
+    config: RunConfig | None = None
 
 
 def check_run(cfg: RunConfig, world_size: int = 1) -> int:
@@ -85,7 +88,8 @@ def preflight(cfg: RunConfig, world_size: int = 1, teacher_module: nn.Module | N
         classifier whose size differs from the class list, classes that do not match the data, a module
         teacher that is missing (a resumed run) or whose input settings are unknown.
     """
-    from mlkd.engine.teacher import build_external_teacher, check_module_given, is_external, resolve_teacher_input
+    from mlkd.engine.teacher import build_external_teacher, check_module_given, is_external, resolve_read_size, \
+        resolve_teacher_input
 
     cfg = resolve_val_split(cfg)
     distiller = check_distiller_options(cfg.method, cfg.lambdas, cfg.method_options)
@@ -99,7 +103,8 @@ def preflight(cfg: RunConfig, world_size: int = 1, teacher_module: nn.Module | N
             raise FileNotFoundError(f"--teacher {cfg.teacher} does not exist; pass the best.pt of an mlkd train run")
         check_module_given(cfg, teacher_module)
         if external:
-            resolve_teacher_input(cfg)  # its input settings are known (given, or timm's), else refused now
+            cfg = resolve_teacher_input(cfg)  # its input settings are known (given, or timm's), else refused now
+        cfg = resolve_read_size(cfg)  # the teacher sees its own resolution: images read at its side
     sets = build_datasets(cfg)
     train_set, val_set, test_set = sets
     val_name = (f"validation split {cfg.val_split!r}" if cfg.val_split is not None
@@ -117,7 +122,7 @@ def preflight(cfg: RunConfig, world_size: int = 1, teacher_module: nn.Module | N
     steps = check_schedule(cfg, len(train_set), world_size)
     # Last, as it can take seconds (a large architecture, a weights file of hundreds of MB).
     teacher = build_external_teacher(cfg, classes, teacher_module) if external else None
-    return CheckedRun(sets, steps, teacher)
+    return CheckedRun(sets, steps, teacher, cfg)
 
 
 def resolve_val_split(cfg: RunConfig) -> RunConfig:

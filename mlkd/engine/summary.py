@@ -183,7 +183,8 @@ def summarize_run(cfg: RunConfig, info: ddp.DistInfo, device: torch.device, thre
     estimate = None
     if not info.enabled and epochs_left > 0:
         images = cfg.batch_size if device.type == "cuda" else min(cfg.batch_size, CPU_PROBE_IMAGES)
-        times = time_steps(step_module, teacher, teacher_input, student_input, device, amp_dtype, cfg.img_size,
+        times = time_steps(step_module, teacher, teacher_input, student_input, device, amp_dtype,
+                           cfg.read_size or cfg.img_size,
                            len(train_set.classes), images)
         estimate = estimate_run(times, steps_per_epoch * cfg.batch_size, len(val_set), len(test_set), epochs_left,
                                 cached_teacher=cfg.cache_teacher and teacher is not None)
@@ -290,6 +291,9 @@ def _summary_lines(cfg: RunConfig, info: ddp.DistInfo, device: torch.device, thr
         f"(OneCycle over {cfg.schedule_epochs or cfg.epochs} epochs, {cfg.warmup:.0%} warm-up), weight decay "
         f"{cfg.weight_decay:g}, augmentation {'on' if cfg.augment else 'off'}, seed {cfg.seed}",
     ]
+    if cfg.read_size and cfg.read_size != cfg.img_size:
+        lines.append(f"  images    training images read and augmented at {cfg.read_size} px; the student sees them "
+                     f"resized to {cfg.img_size} px (validation and test images are read at {cfg.img_size} px)")
     epochs_left = cfg.epochs - start_epoch
     if estimate is not None:
         per_epoch = duration(estimate.first_epoch)

@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from mlkd.config import TEACHER_PRECISIONS, RunConfig
 from mlkd.engine import distributed as ddp
-from mlkd.engine.checkpoint import model_from_checkpoint
+from mlkd.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from mlkd.engine.evaluate import ModelInput
 from mlkd.models.external import ExternalTeacher, create_timm_teacher, map_classes, read_class_names, \
     timm_input_config
@@ -253,6 +253,35 @@ def _same(a: Any, b: Any) -> bool:
     return float(a) == float(b)
 
 
+def resolve_read_size(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with the side at which its training images are read (``read_size``) resolved.
+
+    A teacher that sees the student's images resized up is shown blurred copies of what it was trained on:
+    the demo's teacher loses 6 mAP points that way (docs/results.md, "What the teacher sees"). So, unless
+    ``read_size`` is given, a run whose teacher takes a larger input than ``img_size`` reads and augments its
+    training images at the teacher's side; the teacher gets them as they are and the student a resized
+    copy of the same augmented image. Validation and test images stay at ``img_size``.
+
+    Args:
+        cfg: the run's configuration; an external teacher's input already resolved (`resolve_teacher_input`),
+            an mlkd checkpoint readable.
+
+    Returns:
+        ``cfg`` itself when ``read_size`` is set, or the run reads at ``img_size`` (no teacher, or one at
+        ``img_size`` or below); else a copy with ``read_size`` the teacher's side.
+    """
+    if cfg.read_size is not None:
+        return cfg
+    size = None
+    if is_external(cfg):
+        size = cfg.teacher_img_size
+    elif cfg.teacher:
+        size = (load_checkpoint(cfg.teacher).get("config") or {}).get("img_size")
+    if size is None or size <= cfg.img_size:
+        return cfg
+    return dataclasses.replace(cfg, read_size=int(size))
+
+
 def external_input(cfg: RunConfig) -> ModelInput:
     """The resized and normalised batch of a resolved external teacher (`resolve_teacher_input`)."""
     return ModelInput(cfg.teacher_mean, cfg.teacher_std, cfg.teacher_img_size)
@@ -391,6 +420,7 @@ def fitted_head_key(cfg: RunConfig, teacher: nn.Module, teacher_input: ModelInpu
         "data": {"dataset": cfg.dataset, "data_root": None if cfg.data_root is None else str(Path(cfg.data_root).resolve()),
                  "options": {k: repr(v) for k, v in sorted(cfg.dataset_options.items())}, "split": cfg.train_split,
                  "val_split": cfg.val_split, "val_fraction": cfg.val_fraction, "img_size": cfg.img_size,
+                 "read_size": cfg.read_size,
                  "images": data_fingerprint(train_set)},
     }
 

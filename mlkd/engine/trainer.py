@@ -34,7 +34,7 @@ from mlkd.engine.logging import RunLogger, plot_learning_curves, progress
 from mlkd.engine.run_folder import RunFolder, foreign_entries
 from mlkd.engine.schedule import build_schedule
 from mlkd.engine.summary import summarize_run
-from mlkd.engine.teacher import TeacherSetup, is_external, prepare_teacher, resolve_teacher_input, run_teacher, \
+from mlkd.engine.teacher import TeacherSetup, is_external, prepare_teacher, run_teacher, \
     teacher_identity
 from mlkd.engine.teacher_cache import DEFAULT_VIEWS, TeacherCache, fill_view, shared_cache
 from mlkd.engine.threads import set_threads
@@ -173,9 +173,10 @@ def _fit(cfg: RunConfig, info: ddp.DistInfo, device: torch.device, teacher_modul
     # Options, data and a teacher trained elsewhere, before anything is written (engine/preflight.py); the
     # run trains on the sets and with the teacher it checked.
     checked = preflight(cfg, info.world_size, teacher_module=teacher_module)
+    # The teacher's resolution and normalisation (given, or timm's) and the side the training images are
+    # read at, as the sets were built: recorded in config.yaml.
+    cfg = checked.config
     if checked.teacher is not None:
-        # The teacher's resolution and normalisation: given, or timm's, recorded in config.yaml.
-        cfg = resolve_teacher_input(cfg)
         size_from = cfg.teacher_input_source.get("img_size", "")
         if size_from.startswith("timm") and cfg.teacher_img_size != cfg.img_size:
             log.warning("the teacher sees %d px images, the resolution of %s (timm's weights, not necessarily the "
@@ -561,7 +562,7 @@ def _cache_key(cfg: RunConfig, views: int, teacher_module: nn.Module | None = No
     return (repr(sorted(teacher.items())), repr(cfg.teacher_classes), cfg.teacher_missing_labels, cfg.teacher_img_size,
             repr(cfg.teacher_mean), repr(cfg.teacher_std), cfg.dataset, cfg.data_root,
             repr(sorted(cfg.dataset_options.items())), cfg.train_split, cfg.val_split, cfg.val_fraction, cfg.img_size,
-            cfg.augment, views, cfg.amp and cfg.amp_dtype, cfg.teacher_precision, cfg.compile_teacher)
+            cfg.read_size, cfg.augment, views, cfg.amp and cfg.amp_dtype, cfg.teacher_precision, cfg.compile_teacher)
 
 
 def build_optimizer(module: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -575,14 +576,15 @@ def build_optimizer(module: nn.Module, lr: float, weight_decay: float) -> torch.
 
 
 def _student_input(cfg: RunConfig, student: nn.Module) -> ModelInput:
-    """ImageNet-style statistics for pretrained backbones, none for models trained from scratch."""
+    """The student's input: ``img_size`` (training images read at a larger ``read_size`` are resized to it),
+    with ImageNet-style statistics for pretrained backbones, none for models trained from scratch."""
     stats = getattr(student, "data_config", None)
     use = cfg.normalize if cfg.normalize is not None else bool(stats) and bool(cfg.weights or cfg.pretrained)
     if not use:
-        return ModelInput()
+        return ModelInput(size=cfg.img_size)
     if not stats:
         stats = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
-    return ModelInput(stats["mean"], stats["std"])
+    return ModelInput(stats["mean"], stats["std"], cfg.img_size)
 
 
 def _amp_dtype(cfg: RunConfig, device: torch.device) -> torch.dtype | None:

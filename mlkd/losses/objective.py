@@ -219,6 +219,11 @@ class L2DLoss(_Objective):
     on any data set; ``BALANCED_WEIGHTS`` holds the defaults. Terms ``bce``, ``mld``, ``cd``, ``id``,
     each already weighted.
 
+    The balanced form can add a batch-level relation term next to the label-wise ones,
+    ``N·λ_PKT·L_PKT`` on the pooled deepest features (`pkt_loss`, a mean over the images; term ``pkt``):
+    L2D's terms compare each label's embedding, PKT the images' global geometry. ``λ_PKT = 468.75``
+    is the PKT baseline's own weight (30000 at batch 64) in these units; 0 (the default) leaves it out.
+
     Args:
         lambda_mld: weight of MLD (default by form: 10 paper, ``BALANCED_WEIGHTS`` balanced).
         lambda_led: weight of the LED pair (1 paper).
@@ -226,6 +231,7 @@ class L2DLoss(_Objective):
         lambda_id: weight of ID inside LED (1000 paper).
         form: ``"paper"`` or ``"balanced"``.
         temperature: MLD temperature (1 = reference).
+        lambda_pkt: weight of the relation term (balanced form only; 0 = none).
         bce_weight: weight of the summed BCE.
         validate: data-dependent input checks.
     """
@@ -237,12 +243,21 @@ class L2DLoss(_Objective):
 
     def __init__(self, lambda_mld: float | None = None, lambda_led: float | None = None,
                  lambda_cd: float | None = None, lambda_id: float | None = None, *, form: str = "paper",
-                 temperature: float = 1.0, bce_weight: float = 1.0, validate: bool = True) -> None:
+                 temperature: float = 1.0, lambda_pkt: float = 0.0, bce_weight: float = 1.0,
+                 validate: bool = True) -> None:
         super().__init__(bce_weight=bce_weight, validate=validate)
         if form not in L2D_FORMS:
             raise ValueError(f"unknown L2D form {form!r}; use one of {', '.join(L2D_FORMS)} "
                              "(--method l2d_paper, or --method-option form=paper, for the paper's exact objective)")
         self.form = form
+        self.lambda_pkt = check_weight(lambda_pkt, "lambda_pkt")
+        if self.lambda_pkt and form != "balanced":
+            raise ValueError("lambda_pkt (the relation term) is an addition to the balanced form; the paper's "
+                             "objective (l2d_paper, form=paper) has no such term: drop --lambda pkt=...")
+        if self.lambda_pkt:
+            # Instance attributes: the teacher cache then keeps the feature maps, the summary names the term.
+            self.uses_features = True
+            self.teacher_terms = {**type(self).teacher_terms, "pkt": "features"}
         defaults = PAPER_WEIGHTS if form == "paper" else BALANCED_WEIGHTS
         given = {"mld": lambda_mld, "led": lambda_led, "cd": lambda_cd, "id": lambda_id}
         weights = {k: check_weight(defaults[k] if v is None else v, f"lambda_{k}") for k, v in given.items()}
@@ -262,11 +277,14 @@ class L2DLoss(_Objective):
         general path.
         """
         check_outputs(student, teacher)  # before the fused path reads their fields
-        if self.embedding_gather is None:
-            out = self._fused_forward(student, teacher, targets)
-            if out is not None:
-                return out
-        return super().forward(student, teacher, targets)
+        out = self._fused_forward(student, teacher, targets) if self.embedding_gather is None else None
+        if out is None:
+            out = super().forward(student, teacher, targets)
+        if not self.lambda_pkt:
+            return out
+        fs, ft = self._pooled(student, teacher)
+        pkt = (self.lambda_pkt * fs.shape[0]) * pkt_loss(fs, ft, validate=False)
+        return LossOutput(total=out.total + pkt, terms={**out.terms, "pkt": pkt})
 
     def _fused_forward(self, student: ModelOutput, teacher: ModelOutput | None, targets: Tensor) -> LossOutput | None:
         """The objective through `fused_l2d.FusedL2DFunction`, or None where it does not apply.
@@ -345,8 +363,9 @@ class L2DLoss(_Objective):
         w = f"λ_MLD={self.lambda_mld:g}, λ_LED={self.lambda_led:g}, λ_CD={self.lambda_cd:g}, λ_ID={self.lambda_id:g}"
         if self.form == "paper":
             return f"L2D, the paper's form: BCE_sum + λ_MLD·MLD + λ_LED·(λ_CD·CD + λ_ID·ID), {w}"
-        return (f"L2D, balanced form: BCE_sum + N·q·(λ_MLD·MLD/q + λ_LED·(λ_CD·CD_pos + λ_ID·ID_pos)), {w} "
-                "(--method l2d_paper for the paper's objective)")
+        relation = f" + N·λ_PKT·PKT, λ_PKT={self.lambda_pkt:g}" if self.lambda_pkt else ""
+        return (f"L2D, balanced form: BCE_sum + N·q·(λ_MLD·MLD/q + λ_LED·(λ_CD·CD_pos + λ_ID·ID_pos)){relation}, "
+                f"{w} (--method l2d_paper for the paper's objective)")
 
     def distill_terms(self, student: ModelOutput, teacher: ModelOutput | None, mask: Tensor) -> dict[str, Tensor]:
         zs, zt = self._logits(student, teacher)
@@ -383,9 +402,10 @@ class DefaultL2D(L2DLoss):
 
     def __init__(self, lambda_mld: float | None = None, lambda_led: float | None = None,
                  lambda_cd: float | None = None, lambda_id: float | None = None, *, form: str = "balanced",
-                 temperature: float = 1.0, bce_weight: float = 1.0, validate: bool = True) -> None:
+                 temperature: float = 1.0, lambda_pkt: float = 0.0, bce_weight: float = 1.0,
+                 validate: bool = True) -> None:
         super().__init__(lambda_mld, lambda_led, lambda_cd, lambda_id, form=form, temperature=temperature,
-                         bce_weight=bce_weight, validate=validate)
+                         lambda_pkt=lambda_pkt, bce_weight=bce_weight, validate=validate)
 
 
 @register_distiller("l2d_paper")
