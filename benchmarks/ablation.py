@@ -110,8 +110,7 @@ def paired(found: dict[str, Any], label: str, reference: str, key: str) -> str:
     if label == reference or len(seeds) < 2:
         return ""
     iv = t_interval([a[s][key] - b[s][key] for s in seeds])
-    mark = " *" if iv.low > 0 or iv.high < 0 else ""
-    return f"{iv.mean:+.2f} [{iv.low:+.2f}, {iv.high:+.2f}]{mark}"
+    return f"{iv.estimate:+.2f} [{iv.low:+.2f}, {iv.high:+.2f}]{' *' if iv.excludes_zero else ''}"
 
 
 def report(name: str, found: dict[str, Any], command: str, wall: float, test: bool) -> str:
@@ -141,6 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"labels among {', '.join(VARIANTS)}")
     parser.add_argument("--output", default=str(ROOT / "runs" / "ablation"))
     parser.add_argument("--test", action="store_true", help="also read the test split (only after a choice is frozen)")
+    parser.add_argument("--report-only", action="store_true", help="train nothing: report the finished runs")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     labels = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -149,11 +149,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
     seeds = [int(s) for s in args.seeds.split(",")]
     t0 = time.perf_counter()
-    try:
-        out = run_variants(args.setting, labels, seeds, Path(args.output))
-    except FileNotFoundError as err:
-        print(err, file=sys.stderr)
-        return 2
+    out = Path(args.output) / args.setting
+    if not args.report_only:
+        try:
+            run_variants(args.setting, labels, seeds, Path(args.output))
+        except FileNotFoundError as err:
+            print(err, file=sys.stderr)
+            return 2
     found = collect(out, labels, seeds, args.test)
     command = "python benchmarks/ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = report(args.setting, found, command, time.perf_counter() - t0, args.test)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from mlkd.losses import L2DLoss, create_distiller
 from mlkd.losses.balanced_embedding import balanced_structure_terms
 from mlkd.losses.logits import bce_sum_loss, mld_loss
-from mlkd.losses.objective import BALANCED_WEIGHTS, PAPER_WEIGHTS
+from mlkd.losses.objective import BALANCED_WEIGHTS, DEFAULT_LAMBDA_PKT, PAPER_WEIGHTS
 from mlkd.outputs import ModelOutput
 from tests.reference_losses import cd_ref, id_ref, mld_ref
 
@@ -70,7 +70,7 @@ def test_balanced_terms_match_loop_reference_values_and_gradients():
 def test_duplicating_every_image_leaves_the_per_image_objective_unchanged():
     es, et, y = _batch(seed=1)
     zs, zt = torch.randn(12, 7, dtype=torch.float64), torch.randn(12, 7, dtype=torch.float64)
-    loss = create_distiller("l2d")
+    loss = create_distiller("l2d", lambda_pkt=0)  # the label-wise terms
     one = loss(ModelOutput(zs, es), ModelOutput(zt, et), y)
     two = loss(ModelOutput(zs.repeat(2, 1), es.repeat(2, 1, 1)), ModelOutput(zt.repeat(2, 1), et.repeat(2, 1, 1)),
                y.repeat(2, 1))
@@ -106,7 +106,7 @@ def test_balanced_weights_do_not_depend_on_label_count_or_batch_size():
     labels nobody holds, or changing the batch size by duplication, leaves the ratios unchanged."""
     es, et, y = _batch(seed=3)
     zs, zt = torch.randn(12, 7, dtype=torch.float64), torch.randn(12, 7, dtype=torch.float64)
-    loss = create_distiller("l2d")
+    loss = create_distiller("l2d", lambda_pkt=0)  # the label-wise terms
     out = loss(ModelOutput(zs, es), ModelOutput(zt, et), y)
     extra = 5  # labels absent from the batch, logits such that their BCE and MLD are exactly 0 on both sides
 
@@ -140,8 +140,10 @@ def test_registry_l2d_runs_the_balanced_form_and_describes_it():
     loss = create_distiller("l2d")
     assert loss.form == "balanced"
     assert (loss.lambda_mld, loss.lambda_led, loss.lambda_cd, loss.lambda_id) == tuple(BALANCED_WEIGHTS.values())
+    assert loss.lambda_pkt == DEFAULT_LAMBDA_PKT == 234.375 and loss.uses_features
     text = loss.describe()
-    assert "balanced" in text and "l2d_paper" in text
+    assert "balanced" in text and "l2d_paper" in text and "λ_PKT=234.375" in text
+    assert create_distiller("l2d", form="paper").lambda_pkt == 0  # the paper's objective has no relation term
     paper = create_distiller("l2d_paper")
     assert paper.form == "paper" and "paper's form" in paper.describe()
     assert (paper.lambda_mld, paper.lambda_led, paper.lambda_cd, paper.lambda_id) == tuple(PAPER_WEIGHTS.values())
@@ -152,7 +154,8 @@ def test_registry_l2d_runs_the_balanced_form_and_describes_it():
 def test_balanced_total_is_the_formula():
     es, et, y = _batch(seed=5)
     zs, zt = torch.randn(12, 7, dtype=torch.float64), torch.randn(12, 7, dtype=torch.float64)
-    loss = create_distiller("l2d", lambda_mld=0.7, lambda_led=0.2, lambda_cd=3.0, lambda_id=30.0)
+    loss = create_distiller("l2d", lambda_mld=0.7, lambda_led=0.2, lambda_cd=3.0, lambda_id=30.0,
+                            lambda_pkt=0)
     out = loss(ModelOutput(zs, es), ModelOutput(zt, et), y)
     cd, idl = _loop_balanced(es, et, y)
     n, q = y.shape
@@ -168,7 +171,7 @@ def test_a_nan_embedding_of_a_positive_is_named_not_dropped():
         bad_s, bad_t = es.clone(), et.clone()
         (bad_s if who == "student" else bad_t)[i, c, 0] = float("nan")
         with pytest.raises(ValueError, match=f"{who}.label_embeddings"):
-            create_distiller("l2d")(ModelOutput(zs, bad_s), ModelOutput(zt, bad_t), y)
+            create_distiller("l2d", lambda_pkt=0)(ModelOutput(zs, bad_s), ModelOutput(zt, bad_t), y)
     terms = balanced_structure_terms(torch.full_like(es, float("nan")), et, y)
     assert torch.isnan(terms["cd"]) and torch.isnan(terms["id"])
 
@@ -181,10 +184,13 @@ def test_the_relation_term_adds_n_lambda_pkt_to_the_balanced_total_on_both_paths
     zs, zt = torch.randn(n, q, dtype=torch.float64), torch.randn(n, q, dtype=torch.float64)
     fs, ft = torch.randn(n, 5, 3, 3, dtype=torch.float64), torch.randn(n, 8, 2, 2, dtype=torch.float64)
     student, teacher = ModelOutput(zs, es, [fs]), ModelOutput(zt, et, [ft])
-    plain = create_distiller("l2d")(student, teacher, y)
+    plain = create_distiller("l2d", lambda_pkt=0)(student, teacher, y)
     with_pkt = create_distiller("l2d", lambda_pkt=400.0)
     assert with_pkt.uses_features and with_pkt.teacher_terms["pkt"] == "features"
-    assert not create_distiller("l2d").uses_features  # the default reads no feature map
+    assert not create_distiller("l2d", lambda_pkt=0).uses_features  # without the term no feature map is read
+    # Without feature maps the error says how to train without the term.
+    with pytest.raises(ValueError, match=r"student.features is empty.*--lambda pkt=0"):
+        create_distiller("l2d")(ModelOutput(zs, es), ModelOutput(zt, et), y)
     out = with_pkt(student, teacher, y)
     expected = n * 400.0 * pkt_ref(fs.mean(dim=(2, 3)), ft.mean(dim=(2, 3)))
     torch.testing.assert_close(out.terms["pkt"], expected, rtol=1e-9, atol=1e-9)

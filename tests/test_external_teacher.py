@@ -414,4 +414,4 @@ def test_every_distiller_declares_the_teacher_part_of_each_term():
     parts = {"logits": "the teacher as given", "label_embeddings": "the fitted head"}
     assert term_sources(create_distiller("l2d"), parts) == {
         "mld": "logits of the teacher as given", "cd": "label-wise embeddings of the fitted head",
-        "id": "label-wise embeddings of the fitted head"}
+        "id": "label-wise embeddings of the fitted head", "pkt": "feature maps of the teacher as given"}

@@ -159,8 +159,10 @@ class _Objective(Distiller):
     def _deepest(self, output: ModelOutput, who: str, n: int) -> Tensor:
         field = f"{who}.features"
         if not output.features:
+            without = (" (or --lambda pkt=0, lambda_pkt=0: L2D without its relation term, which reads them)"
+                       if getattr(self, "lambda_pkt", 0) else "")
             raise ValueError(f"{field} is empty, but the {self.name!r} distiller needs feature maps "
-                             f"[N, C, H, W]; use a model that returns its stage features")
+                             f"[N, C, H, W]; use a model that returns its stage features{without}")
         f = output.features[-1]
         if not isinstance(f, Tensor) or f.dim() not in (2, 4):
             shape = tuple(f.shape) if isinstance(f, Tensor) else type(f).__name__
@@ -196,6 +198,9 @@ class VanillaDistiller(_Objective):
 # BCE_sum + N·q·(λ_MLD·MLD/q + λ_LED·(λ_CD·CD_pos + λ_ID·ID_pos)). docs/method.md derives the values
 # that reproduce the paper's balance at MS-COCO statistics and records the search that chose these.
 BALANCED_WEIGHTS = {"mld": 3.0, "led": 0.1, "cd": 3.6, "id": 36.0}
+# The relation term's weight in `--method l2d` (per image: N·λ·PKT_mean), half the PKT baseline's 30000 at
+# batch 64; chosen on the validation splits of clutter, posters_scratch and lowres (docs/results.md, issue 19).
+DEFAULT_LAMBDA_PKT = 234.375
 PAPER_WEIGHTS = {"mld": 10.0, "led": 1.0, "cd": 100.0, "id": 1000.0}
 L2D_FORMS = ("paper", "balanced")
 
@@ -397,13 +402,16 @@ class L2DLoss(_Objective):
 
 @register_distiller("l2d")
 class DefaultL2D(L2DLoss):
-    """`L2DLoss` as the registry builds it for ``--method l2d``: the balanced form unless
-    ``form="paper"`` is passed (``--method-option form=paper``). See `L2DLoss` for the arguments."""
+    """`L2DLoss` as the registry builds it for ``--method l2d``: the balanced form with the relation term
+    (``lambda_pkt`` `DEFAULT_LAMBDA_PKT`; ``--lambda pkt=0`` leaves it out), unless ``form="paper"`` is passed
+    (``--method-option form=paper``: the paper's objective, no relation term). See `L2DLoss` for the arguments."""
 
     def __init__(self, lambda_mld: float | None = None, lambda_led: float | None = None,
                  lambda_cd: float | None = None, lambda_id: float | None = None, *, form: str = "balanced",
-                 temperature: float = 1.0, lambda_pkt: float = 0.0, bce_weight: float = 1.0,
+                 temperature: float = 1.0, lambda_pkt: float | None = None, bce_weight: float = 1.0,
                  validate: bool = True) -> None:
+        if lambda_pkt is None:
+            lambda_pkt = DEFAULT_LAMBDA_PKT if form == "balanced" else 0.0
         super().__init__(lambda_mld, lambda_led, lambda_cd, lambda_id, form=form, temperature=temperature,
                          lambda_pkt=lambda_pkt, bce_weight=bce_weight, validate=validate)
 
