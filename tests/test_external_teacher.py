@@ -415,3 +415,27 @@ def test_every_distiller_declares_the_teacher_part_of_each_term():
     assert term_sources(create_distiller("l2d"), parts) == {
         "mld": "logits of the teacher as given", "cd": "label-wise embeddings of the fitted head",
         "id": "label-wise embeddings of the fitted head", "pkt": "feature maps of the teacher as given"}
+
+
+def test_a_teacher_without_feature_maps_is_refused_before_training_under_the_default_l2d(csv_root, tmp_path):
+    """The default L2D's relation term reads feature maps: a module that returns logits and label-wise embeddings
+    but no feature map is refused with the fix, before any epoch; with the term left out, L2D trains from it."""
+
+    class NoMaps(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv = nn.Conv2d(3, len(TEACHER_CLASSES), 3)
+
+        def forward(self, x):
+            f = self.conv(x)
+            return {"logits": f.mean(dim=(2, 3)), "label_embeddings": f.flatten(2)[:, :, :5]}
+
+    settings = dict(teacher_classes=TEACHER_CLASSES, teacher_img_size=32, teacher_mean=[0.5] * 3, teacher_std=[0.5] * 3)
+    with pytest.raises(ValueError, match=r"method 'l2d' reads the models' feature maps \(pkt\), but the teacher "
+                                         r"returns none; pass --lambda pkt=0"):
+        mlkd.distill(teacher=NoMaps(), method="l2d", **api_args(csv_root, tmp_path / "refused"), **settings)
+    assert not (tmp_path / "refused" / "last.pt").exists()
+    result = mlkd.distill(teacher=NoMaps(), method="l2d", lambdas={"pkt": 0},
+                          **api_args(csv_root, tmp_path / "without"), **settings)
+    assert (tmp_path / "without" / "metrics.json").is_file() and 0.0 <= result.metrics["mAP"] <= 1.0

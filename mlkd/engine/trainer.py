@@ -332,6 +332,8 @@ def _build_models(cfg: RunConfig, info: ddp.DistInfo, device: torch.device, trai
         s_sample = student(student_input.to(device)(sample))
         t_sample = run_teacher(teacher, teacher_input(sample)) if teacher is not None else None
         student.train()
+    if distiller.uses_features:
+        _check_feature_maps(cfg, distiller, s_sample, t_sample)
     columns = setup.data_columns if setup is not None else None
     if columns is not None:  # the distiller sees the taught labels only (`distill_taught_labels`)
         index = torch.tensor(columns, dtype=torch.long, device=device)
@@ -342,6 +344,19 @@ def _build_models(cfg: RunConfig, info: ddp.DistInfo, device: torch.device, trai
     distiller.to(device)
     return _Models(student, student_input, distiller, teacher, teacher_input, t_sample, columns,
                    setup.facts if setup is not None else None, teacher_module)
+
+
+def _check_feature_maps(cfg: RunConfig, distiller: nn.Module, student: ModelOutput, teacher: ModelOutput | None) -> None:
+    """Refuse, before training, a method that reads feature maps from a model that returns none."""
+    terms = [t for t, part in getattr(distiller, "teacher_terms", {}).items() if part == "features"]
+    for who, out in (("student", student), ("teacher", teacher)):
+        if out is not None and not out.features:
+            fix = ("pass --lambda pkt=0 (lambdas={'pkt': 0}): L2D without its relation term, which is the only "
+                   "part that reads them" if getattr(distiller, "lambda_pkt", 0) else
+                   "use a model that returns its stage feature maps (a timm model, or a module returning a dict "
+                   "with 'features'), or a method that reads logits only (kd, mld)")
+            raise ValueError(f"method {cfg.method!r} reads the models' feature maps ({', '.join(terms)}), but the "
+                             f"{who} returns none; {fix}")
 
 
 def _build_training(cfg: RunConfig, info: ddp.DistInfo, device: torch.device, out_dir: Path, sets: Splits,
