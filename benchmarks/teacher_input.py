@@ -5,8 +5,9 @@
 For each suite setting, the setting's finished teacher (``OUTPUT/SETTING/teacher/best.pt``, written by
 `benchmarks/accuracy.py`) scores the setting's validation carve twice: read at the teacher's own
 resolution, and read at the student's resolution and then interpolated up to the teacher's, which is
-what a distillation run hands the teacher today (`mlkd.engine.evaluate.ModelInput`). Prints a Markdown
-table of validation mAP; docs/results.md quotes it.
+what a distillation run handed the teacher before 36bbabb, and still hands it where the training images are
+no larger than the student's side (`mlkd.engine.teacher.resolve_read_size`; `mlkd.engine.evaluate.ModelInput`).
+Prints a Markdown table of validation mAP; docs/results.md quotes it.
 """
 from __future__ import annotations
 

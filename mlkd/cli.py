@@ -18,6 +18,13 @@ log = logging.getLogger("mlkd")
 METHOD_HELP = "vanilla (no distillation), l2d, mld, led, cd, id, kd, ps, mse, rkd, pkt, reviewkd"
 
 
+
+def _demo_seeds(quick: bool = False) -> str:
+    """The demo's default student seeds as configs/demo.yaml sets them, for the help text."""
+    from mlkd.demo import demo_settings
+
+    return ",".join(str(s) for s in demo_settings(quick)["seeds"])
+
 def _lambda(text: str) -> tuple[str, float]:
     name, sep, value = text.partition("=")
     try:
@@ -220,8 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the embedded default end to end: teacher, students, comparison")
     p.add_argument("--output", default="runs/demo", help="folder of the teacher, the students and the comparison")
-    p.add_argument("--seeds", help="comma-separated seeds of the students (default: the demo's 0,1,2,3,4; "
-                                   "--quick: 0,1)")
+    p.add_argument("--seeds", help="comma-separated seeds of the students (default: the demo's "
+                                   f"{_demo_seeds()}; --quick: {_demo_seeds(quick=True)})")
     p.add_argument("--quick", action="store_true", help="a few-minute smoke version (fewer images and epochs)")
     p.add_argument("--resume", action="store_true",
                    help="continue a stopped demo in --output; this is also what a plain rerun does: unfinished "

@@ -122,3 +122,63 @@ def test_the_read_size_is_part_of_the_teacher_cache_key(csv_root, teacher_at_32)
     cfg = make_config(dataset="csv", data_root=str(csv_root), model="tiny_cnn", method="kd",
                       teacher=str(teacher_at_32), img_size=16, read_size=32)
     assert trainer._cache_key(cfg, 8) != trainer._cache_key(dataclasses.replace(cfg, read_size=None), 8)
+
+
+@pytest.fixture(scope="module")
+def csv_root_16(tmp_path_factory):
+    return write_csv_quadrants(tmp_path_factory.mktemp("quadrants16"), CLASSES, size=16)
+
+
+def test_images_are_never_read_above_their_own_side(csv_root, csv_root_16, teacher_at_32, tmp_path):
+    # 16 px images, a 16 px student, a 32 px teacher: reading at 32 would only upsample them, and the student's
+    # copy (up, then down) would be a blurred version of the images it is evaluated on (mosaics lost 1-2 points).
+    base = make_config(dataset="csv", data_root=str(csv_root_16), model="tiny_cnn", method="kd",
+                       teacher=str(teacher_at_32), img_size=16)
+    assert resolve_read_size(base).read_size is None
+    # Between the student's and the teacher's side: read at the images' own side.
+    root_24 = write_csv_quadrants(tmp_path / "q24", CLASSES, size=24)
+    assert resolve_read_size(dataclasses.replace(base, data_root=str(root_24))).read_size == 24
+    assert resolve_read_size(dataclasses.replace(base, data_root=str(csv_root))).read_size == 32  # 48 px images
+    assert resolve_read_size(dataclasses.replace(base, read_size=32)).read_size == 32  # given: kept
+
+
+def test_the_student_trains_on_the_images_it_is_evaluated_on_when_they_are_small(csv_root_16, tmp_path, monkeypatch):
+    student_inputs = []
+    forward = trainer.TrainStep.forward
+
+    def recording(self, images, *args, **kwargs):
+        student_inputs.append(images.detach().clone())
+        return forward(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(trainer.TrainStep, "forward", recording)
+    teacher = Recorder()
+    out = tmp_path / "run"
+    mlkd.distill(teacher=teacher, teacher_classes=CLASSES, teacher_img_size=32, teacher_mean=[0.0] * 3,
+                 teacher_std=[1.0] * 3, method="kd", dataset="csv", data_root=str(csv_root_16), model="tiny_cnn",
+                 model_options=HEAD, img_size=16, epochs=1, batch_size=8, lr=1e-3, augment=False, workers=0,
+                 output=str(out), quiet=True)
+    steps = 5
+    at_16 = torch.stack([x for x, _ in create_dataset("csv", csv_root_16, "train", transform=build_transforms(16, False))])
+    # Every student batch holds the training images exactly as read at 16 px (what evaluation reads), unblurred.
+    for batch in student_inputs[-steps:]:
+        assert all(any(torch.equal(x, r) for r in at_16) for x in batch)
+    # The teacher gets that batch resized up to its 32 px on the device.
+    for student_batch, teacher_batch in zip(student_inputs[-steps:], teacher.inputs[-steps:]):
+        expected = F.interpolate(student_batch, size=(32, 32), mode="bilinear", align_corners=False, antialias=True)
+        assert torch.allclose(teacher_batch, expected, atol=1e-6)
+    assert yaml.safe_load((out / "config.yaml").read_text())["read_size"] is None
+
+
+def test_training_image_side_is_the_median_short_side(tmp_path):
+    from PIL import Image
+
+    from mlkd.data.splits import training_image_side
+
+    root = write_csv_quadrants(tmp_path / "mixed", CLASSES, n_train=40, size=48)
+    cfg = make_config(dataset="csv", data_root=str(root), model="tiny_cnn")
+    assert training_image_side(cfg) == 48
+    # 30 of the 40 training images made 20 x 36: most images now have a 20 px short side.
+    for i in range(30):
+        path = root / "img" / f"train{i}.png"
+        Image.open(path).resize((36, 20)).save(path)
+    assert training_image_side(cfg) == 20

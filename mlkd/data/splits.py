@@ -69,6 +69,29 @@ def build_datasets(cfg: RunConfig) -> Splits:
     return Splits(train_set, val_set, test_set)
 
 
+def training_image_side(cfg: RunConfig, samples: int = 16) -> int:
+    """The side the training images have before any resizing: the median short side of ``samples`` of them.
+
+    A synthetic set (``fashion_mosaic``: 56 px, ``fashion_scenes``: its canvas) has one size; photographs vary,
+    and the median of a few spread over the split is what most of them hold. Decodes ``samples`` images.
+
+    Args:
+        cfg: the run's data settings (dataset, data_root, dataset_options, train_split).
+        samples: how many images to look at, spread evenly over the split.
+
+    Raises:
+        ValueError: the training split holds no image.
+    """
+    data = create_dataset(cfg.dataset, cfg.data_root, cfg.train_split, transform=None, **cfg.dataset_options)
+    n = len(data)
+    if n == 0:
+        raise ValueError(f"the training split {cfg.train_split!r} of data set {cfg.dataset!r} has no images; check "
+                         "--data-root and the split's file")
+    picks = sorted({round(i * (n - 1) / max(1, samples - 1)) for i in range(min(samples, n))})
+    sides = sorted(min(data[i][0].shape[-2:]) for i in picks)
+    return int(sides[len(sides) // 2])
+
+
 def _with_classes(subset: Subset, classes: list[str]) -> Subset:
     """``subset`` with the ``classes`` attribute of the data set it selects from (a Subset has none)."""
     subset.classes = list(classes)

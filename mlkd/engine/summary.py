@@ -294,6 +294,10 @@ def _summary_lines(cfg: RunConfig, info: ddp.DistInfo, device: torch.device, thr
     if cfg.read_size and cfg.read_size != cfg.img_size:
         lines.append(f"  images    training images read and augmented at {cfg.read_size} px; the student sees them "
                      f"resized to {cfg.img_size} px (validation and test images are read at {cfg.img_size} px)")
+    read = cfg.read_size or cfg.img_size
+    if teacher_size and teacher_size > read and cfg.method != "vanilla":
+        lines.append(f"  images    the teacher sees the training images resized up from {read} to {teacher_size} px"
+                     + ("" if cfg.read_size else ": they are no larger (reading them larger would only upsample)"))
     epochs_left = cfg.epochs - start_epoch
     if estimate is not None:
         per_epoch = duration(estimate.first_epoch)

@@ -262,13 +262,19 @@ def resolve_read_size(cfg: RunConfig) -> RunConfig:
     training images at the teacher's side; the teacher gets them as they are and the student a resized
     copy of the same augmented image. Validation and test images stay at ``img_size``.
 
+    Never above the training images' own side (`mlkd.data.splits.training_image_side`): reading them larger
+    would only upsample them, giving the teacher nothing it would not get by resizing on the device, and the
+    student's copy (upsampled, then shrunk back) would be a blurred version of the images it is evaluated on.
+    On 56 px mosaics read at 112 px that blur cost every distiller 1-2 test mAP points (docs/results.md).
+
     Args:
         cfg: the run's configuration; an external teacher's input already resolved (`resolve_teacher_input`),
             an mlkd checkpoint readable.
 
     Returns:
-        ``cfg`` itself when ``read_size`` is set, or the run reads at ``img_size`` (no teacher, or one at
-        ``img_size`` or below); else a copy with ``read_size`` the teacher's side.
+        ``cfg`` itself when ``read_size`` is set, or the run reads at ``img_size`` (no teacher, one at
+        ``img_size`` or below, or training images of ``img_size`` or less); else a copy with ``read_size`` the
+        smaller of the teacher's side and the training images' own side.
     """
     if cfg.read_size is not None:
         return cfg
@@ -279,7 +285,12 @@ def resolve_read_size(cfg: RunConfig) -> RunConfig:
         size = (load_checkpoint(cfg.teacher).get("config") or {}).get("img_size")
     if size is None or size <= cfg.img_size:
         return cfg
-    return dataclasses.replace(cfg, read_size=int(size))
+    from mlkd.data.splits import training_image_side
+
+    size = min(int(size), training_image_side(cfg))
+    if size <= cfg.img_size:
+        return cfg
+    return dataclasses.replace(cfg, read_size=size)
 
 
 def external_input(cfg: RunConfig) -> ModelInput:
