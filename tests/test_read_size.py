@@ -53,7 +53,9 @@ class Recorder(nn.Module):
         return self.conv(x).mean(dim=(2, 3))
 
 
-def test_the_teacher_sees_images_read_at_its_side_and_the_student_a_resized_copy(csv_root, tmp_path, monkeypatch):
+def distil_recording(root, out, monkeypatch) -> tuple[list[torch.Tensor], Recorder]:
+    """A one-epoch KD run from a 32 px `Recorder` teacher to a 16 px student on ``root``: the batches the
+    student's step got, and the teacher (its ``inputs``)."""
     student_inputs = []
     forward = trainer.TrainStep.forward
 
@@ -63,11 +65,16 @@ def test_the_teacher_sees_images_read_at_its_side_and_the_student_a_resized_copy
 
     monkeypatch.setattr(trainer.TrainStep, "forward", recording)
     teacher = Recorder()
-    out = tmp_path / "run"
     mlkd.distill(teacher=teacher, teacher_classes=CLASSES, teacher_img_size=32, teacher_mean=[0.0] * 3,
-                 teacher_std=[1.0] * 3, method="kd", dataset="csv", data_root=str(csv_root), model="tiny_cnn",
+                 teacher_std=[1.0] * 3, method="kd", dataset="csv", data_root=str(root), model="tiny_cnn",
                  model_options=HEAD, img_size=16, epochs=1, batch_size=8, lr=1e-3, augment=False, workers=0,
                  output=str(out), quiet=True)
+    return student_inputs, teacher
+
+
+def test_the_teacher_sees_images_read_at_its_side_and_the_student_a_resized_copy(csv_root, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    student_inputs, teacher = distil_recording(csv_root, out, monkeypatch)
     steps = 5  # 40 training images in batches of 8; the calls before them time the run (random images)
     student_inputs = student_inputs[-steps:]
     seen = torch.cat(teacher.inputs[-steps:])
@@ -143,20 +150,8 @@ def test_images_are_never_read_above_their_own_side(csv_root, csv_root_16, teach
 
 
 def test_the_student_trains_on_the_images_it_is_evaluated_on_when_they_are_small(csv_root_16, tmp_path, monkeypatch):
-    student_inputs = []
-    forward = trainer.TrainStep.forward
-
-    def recording(self, images, *args, **kwargs):
-        student_inputs.append(images.detach().clone())
-        return forward(self, images, *args, **kwargs)
-
-    monkeypatch.setattr(trainer.TrainStep, "forward", recording)
-    teacher = Recorder()
     out = tmp_path / "run"
-    mlkd.distill(teacher=teacher, teacher_classes=CLASSES, teacher_img_size=32, teacher_mean=[0.0] * 3,
-                 teacher_std=[1.0] * 3, method="kd", dataset="csv", data_root=str(csv_root_16), model="tiny_cnn",
-                 model_options=HEAD, img_size=16, epochs=1, batch_size=8, lr=1e-3, augment=False, workers=0,
-                 output=str(out), quiet=True)
+    student_inputs, teacher = distil_recording(csv_root_16, out, monkeypatch)
     steps = 5
     at_16 = torch.stack([x for x, _ in create_dataset("csv", csv_root_16, "train", transform=build_transforms(16, False))])
     # Every student batch holds the training images exactly as read at 16 px (what evaluation reads), unblurred.
