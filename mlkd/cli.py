@@ -113,7 +113,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help=f"input resolution, square {_default('img_size')}")
     g.add_argument("--read-size", dest="read_size", type=int, metavar="PX",
                    help="side at which training images are read and augmented before each model resizes its copy "
-                        "(default: the larger of --img-size and the teacher's input)")
+                        "(default: the larger of --img-size and the teacher's input, but not above the training images' own "
+                        "side, which would only upsample them)")
     g.add_argument("--batch-size", dest="batch_size", type=int,
                    help="images per step and per process (under torchrun the global batch is N times larger) "
                         + _default("batch_size"))

@@ -50,8 +50,9 @@ class RunConfig:
     val_fraction: float = 0.1
     img_size: int = 224
     # Side at which training images are read and augmented; each model gets its own resized copy. None: the
-    # larger of img_size and the teacher's input (`resolve_read_size`, recorded in config.yaml), so that a
-    # teacher sees its own resolution and the same augmented content as the student, not upscaled student images.
+    # larger of img_size and the teacher's input, capped at the training images' own side (`resolve_read_size`,
+    # recorded in config.yaml), so that a teacher sees its own resolution and the same augmented content as the
+    # student, not upscaled student images, and the student is not trained on upsampled-then-shrunk copies.
     read_size: int | None = None
     augment: bool = True  # the paper's Cutout + RandAugment on training images
     normalize: bool | None = None  # None: ImageNet mean/std when the backbone was pretrained
