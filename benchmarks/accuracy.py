@@ -4,8 +4,9 @@
                                   [--output runs/accuracy] [--quick]
     python benchmarks/accuracy.py --list
 
-SETTING is a file of ``mlkd/configs/suite/`` (``quadrants``, ``sparse``, ``clutter``, ``many_labels``,
-``lowres``, ``posters_scratch``, ``posters_lowres``; ``clutter`` is what ``mlkd demo`` runs;
+SETTING is a file of ``mlkd/configs/suite/`` (``quadrants``, ``sparse``, ``clutter``, ``clutter_colors``,
+``many_labels``, ``lowres``, ``posters_scratch``, ``posters_tiny``, ``posters_lowres``, ``posters_short``;
+``clutter`` is what ``mlkd demo`` runs;
 docs/results.md, "The accuracy suite", says what each tests). The script trains the setting's teacher
 into ``OUTPUT/SETTING/teacher`` (or reuses it when that folder holds a finished teacher of the same
 configuration; an interrupted one resumes), runs

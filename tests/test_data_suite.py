@@ -224,7 +224,8 @@ def test_every_setting_resolves_to_valid_runs(root):
         assert student.dataset == teacher.dataset and student.dataset_options == teacher.dataset_options
         assert student.data_root == teacher.data_root
         if student.data_root is not None:  # data kept outside the repository: its own tests below
-            seen[name] = (student.dataset, student.data_root, student.model, student.img_size, student.weights)
+            seen[name] = (student.dataset, student.data_root, student.model, student.img_size, student.weights,
+                          student.epochs)
             continue
         # The data each setting is about can be built (on the synthetic items, few scenes).
         opts = {**student.dataset_options}
