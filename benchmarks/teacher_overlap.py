@@ -20,6 +20,9 @@ validation split (the ``posters_*`` settings):
    setting's students on the whole carve.
 4. Each teacher's mAP on B's images (what the students train on), on the validation images and on the test
    split.
+5. When the setting's own comparison has run (``SUITE_OUTPUT/SETTING/results.json``), teacher A's students on B
+   against the setting's students on the whole carve: the recipe "teacher on one half, student on the other"
+   against the usual one (not paired: Welch intervals).
 
 Writes ``OUTPUT/results.md`` and ``results.json`` and prints the markdown: validation mAP (what may be read
 while choosing) and test mAP, gains over the vanilla student and the difference between the two teachers'
@@ -32,6 +35,7 @@ import argparse
 import csv
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -49,7 +53,7 @@ from mlkd.api import evaluate  # noqa: E402
 from mlkd.bench import compare  # noqa: E402
 from mlkd.config import RunConfig, make_config  # noqa: E402
 from mlkd.data.splits import SPLIT_SEED  # noqa: E402
-from mlkd.stats import t_interval  # noqa: E402
+from mlkd.stats import t_interval, t_quantile  # noqa: E402
 
 CSV_OPTIONS = {"allow_outside_root": True}  # the split files name the images by absolute path
 
@@ -121,8 +125,45 @@ def _ci(diff: np.ndarray) -> str:
     return f"{bold}{i.estimate:+.2f} [{i.low:+.2f}, {i.high:+.2f}]{bold}"
 
 
+def welch(a: np.ndarray, b: np.ndarray, confidence: float = 0.95) -> tuple[float, float, float]:
+    """``(mean(a) - mean(b), low, high)``: Welch's interval for runs that are not paired (other images), with the
+    degrees of freedom rounded down (a slightly wider interval; `t_quantile` takes whole degrees)."""
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    se = math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    q = t_quantile(confidence, max(1, int(df)))
+    d = float(a.mean() - b.mean())
+    return d, d - q * se, d + q * se
+
+
+def _welch_cell(a: np.ndarray, b: np.ndarray) -> str:
+    d, low, high = welch(a, b)
+    bold = "**" if low > 0 or high < 0 else ""
+    return f"{bold}{d:+.2f} [{low:+.2f}, {high:+.2f}]{bold}"
+
+
+def whole_carve_section(whole: dict[str, np.ndarray], runs: dict[str, dict[str, dict[str, np.ndarray]]],
+                        labels: Sequence[str]) -> list[str]:
+    """The students of teacher A on half B against the setting's own students (all the carve, the suite's teacher)."""
+    lines = ["", "## Against the setting's own students (test mAP)", "",
+             "The setting's students train on the whole carve with the suite's teacher "
+             "(`benchmarks/accuracy.py SETTING`, its results.json); these train on half B with teacher A. Not paired "
+             "(other images): Welch 95 % intervals, degrees of freedom rounded down (**bold**: excludes 0).", "",
+             "| method | on B, from teacher A | on the whole carve | B from A − whole, same method "
+             "| B from A − vanilla on the whole carve |", "|---|---|---|---|---|"]
+    for label in labels:
+        if label not in whole:
+            continue
+        a = runs["A"][label]["test"]
+        lines.append(f"| {label} | {a.mean():.2f} ± {a.std(ddof=1):.2f} | {whole[label].mean():.2f} ± "
+                     f"{whole[label].std(ddof=1):.2f} | {_welch_cell(a, whole[label])} | "
+                     f"{_welch_cell(a, whole['vanilla'])} |")
+    return lines
+
+
 def report(command: str, sizes: dict[str, int], fits: dict[str, dict[str, float]],
-           runs: dict[str, dict[str, dict[str, np.ndarray]]], labels: Sequence[str], wall: float) -> str:
+           runs: dict[str, dict[str, dict[str, np.ndarray]]], labels: Sequence[str], wall: float,
+           whole: dict[str, np.ndarray] | None = None) -> str:
     lines = [f"# Teacher overlap: {sizes['setting']}", "", f"Command: `{command}`  ",
              f"Finished {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} in {wall:.0f} s.", "",
              f"Training carve {sizes['carve']} images: half A {sizes['A']} (teacher A), half B {sizes['B']} "
@@ -147,6 +188,8 @@ def report(command: str, sizes: dict[str, int], fits: dict[str, dict[str, float]
             a, s = runs["A"][label][split], runs["suite"][label][split]
             lines.append(f"| {label} | {a.mean():.2f} | {_ci(a - van)} | {s.mean():.2f} | "
                          f"{_ci(s - runs['suite']['vanilla'][split])} | {_ci(a - s)} |")
+    if whole and "vanilla" in whole:
+        lines += whole_carve_section(whole, runs, labels)
     return "\n".join(lines) + "\n"
 
 
@@ -197,9 +240,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         compare(str(teacher / "best.pt"), entries, seeds, config=students, output=folder)
         runs[name] = per_seed(folder, labels, seeds)
         fits[name] = teacher_fit(teacher / "best.pt", out / "data" / "B", teacher_cfg.img_size)
+    # The setting's own comparison (students on the whole carve), when benchmarks/accuracy.py has run it.
+    whole = None
+    own = Path(args.suite_output) / args.setting / "results.json"
+    if own.is_file():
+        methods_own = json.loads(own.read_text())["comparison"]["methods"]
+        whole = {label: 100 * np.array(m["mAP"]["values"]) for label, m in methods_own.items()}
     command = ("python benchmarks/teacher_overlap.py " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
     markdown = report(command, {**sizes, "epochs": epochs, "seeds": len(seeds)}, fits, runs, labels,
-                      time.perf_counter() - t0)
+                      time.perf_counter() - t0, whole)
     data = {"command": command, "sizes": sizes, "epochs": epochs, "teachers": fits,
             "students": {k: {m: {s: v.tolist() for s, v in d.items()} for m, d in r.items()} for k, r in runs.items()}}
     for name, text in (("results.json", json.dumps(data, indent=2)), ("results.md", markdown)):

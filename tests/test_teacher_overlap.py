@@ -1,4 +1,5 @@
-"""benchmarks/teacher_overlap.py: the A/B halves keep the suite's validation carve and split the rest in two."""
+"""benchmarks/teacher_overlap.py: the A/B halves keep the suite's validation carve and split the rest in two;
+Welch's interval for the unpaired comparison against the whole carve."""
 from __future__ import annotations
 
 import sys
@@ -56,3 +57,16 @@ def test_another_split_seed_gives_other_halves(tmp_path):
     a2 = (tmp_path / "h2" / "A" / "train.csv").read_text()
     assert a1 != a2
     assert (tmp_path / "h1" / "A" / "val.csv").read_text() == (tmp_path / "h2" / "A" / "val.csv").read_text()
+
+
+def test_welch_interval_matches_the_textbook_formula():
+    from scipy import stats
+
+    a = np.array([15.29, 15.26, 15.37, 15.70, 15.39])
+    b = np.array([14.02, 13.70, 14.77, 15.54, 15.01])
+    d, low, high = teacher_overlap.welch(a, b)
+    va, vb = a.var(ddof=1) / 5, b.var(ddof=1) / 5
+    df = (va + vb) ** 2 / (va ** 2 / 4 + vb ** 2 / 4)
+    half = stats.t.ppf(0.975, np.floor(df)) * np.sqrt(va + vb)
+    assert abs(d - (a.mean() - b.mean())) < 1e-12
+    assert abs(low - (d - half)) < 1e-9 and abs(high - (d + half)) < 1e-9
