@@ -19,6 +19,11 @@ and student runs are ``common`` updated by their section) and ``methods`` (a lis
 lambdas}``). ``inherit: FILE`` (relative to the file) starts from another setting: each section's keys
 replace the inherited ones, whole values, no deeper merge; ``methods`` replaces the list.
 ``teacher_of: SETTING`` reuses that setting's teacher (``OUTPUT/SETTING/teacher``) instead of training one.
+``teacher_folds: K`` makes the students distil from K cross-fitted teachers instead (`mlkd.data.folds`): the
+teacher's configuration trained K times, each without one fold of the training set
+(``OUTPUT/TEACHER_OF/teacher_fold{k}of{K}``, trained or reused like the teacher), each teaching the fold it
+held out. The whole-set teacher is still trained: the validation gap is measured against it, and against the
+fold teachers too.
 
 A relative ``data_root`` in a setting file is relative to the repository root, not to the current folder:
 the ``posters_*`` settings read ``../shared/data/movie_posters``, real photographs that are never copied
@@ -50,7 +55,7 @@ from mlkd.engine.trainer import fit  # noqa: E402
 
 SUITE_DIR = ROOT / "mlkd" / "configs" / "suite"
 SECTIONS = ("common", "teacher", "student")
-TOP_KEYS = {"inherit", "teacher_of", "methods", "external_data", *SECTIONS}
+TOP_KEYS = {"inherit", "teacher_of", "teacher_folds", "methods", "external_data", *SECTIONS}
 # Run settings that do not change what a run computes; a reused teacher may differ in these. The thread
 # count changes a run only in the last bits (the order of float reductions): a finished teacher is kept
 # rather than trained again for it, and its own config.yaml still records the count it ran with.
@@ -87,7 +92,7 @@ def _read(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     merged = {k: v for k, v in parent.items() if k in TOP_KEYS - {"inherit"}}
     for section in SECTIONS:
         merged[section] = {**(parent.get(section) or {}), **(data.get(section) or {})}
-    for key in ("methods", "teacher_of", "external_data"):
+    for key in ("methods", "teacher_of", "teacher_folds", "external_data"):
         if key in data:
             merged[key] = data[key]
     return merged
@@ -207,6 +212,19 @@ def ensure_teacher(cfg: RunConfig, folder: Path) -> dict[str, Any]:
     return fit(make_config(cfg, output=str(folder), resume=resume)).metrics
 
 
+def fold_teachers(setting: dict[str, Any], teacher_cfg: RunConfig, out: Path) -> list[Path]:
+    """The folders of a setting's cross-fitted teachers (``teacher_folds: K``), trained or reused; [] without."""
+    count = setting.get("teacher_folds")
+    if not count:
+        return []
+    if isinstance(count, bool) or not isinstance(count, int) or count < 2:
+        raise ValueError(f"teacher_folds is the number of cross-fitted teachers, an integer >= 2, got {count!r}")
+    folders = [out / setting["teacher_of"] / f"teacher_fold{k}of{count}" for k in range(count)]
+    for k, folder in enumerate(folders):
+        ensure_teacher(make_config(teacher_cfg, hold_out_fold=[k, count]), folder)
+    return folders
+
+
 def _run_dir_name(label: str) -> str:
     # The folder `compare` gives a method's runs.
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_")
@@ -227,20 +245,27 @@ def validation_summary(students: Path, methods: Sequence[tuple[str, str, dict]],
 
 
 def results_markdown(name: str, command: str, teacher_metrics: dict[str, Any], val: dict[str, Any],
-                     comparison: dict[str, Any], wall_s: float) -> str:
-    """``results.md``: the command, the validation mAP (teacher and students), then the test comparison."""
+                     comparison: dict[str, Any], wall_s: float, fold_val: dict[str, float] | None = None) -> str:
+    """``results.md``: the command, the validation mAP (teacher, fold teachers and students), then the test
+    comparison."""
     lines = [f"# Accuracy suite: {name}", "",
              f"Command: `{command}`  ", f"Finished {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC in {wall_s:.0f} s.",
              "", "## Validation mAP (what settings are chosen on)", "",
              "| run | val mAP | per seed |", "|---|---|---|"]
     if "best_val_mAP" in teacher_metrics:
         lines.append(f"| teacher | {100 * teacher_metrics['best_val_mAP']:.2f} | |")
+    if fold_val:
+        values = " / ".join(f"{100 * v:.2f}" for v in fold_val.values())
+        lines.append(f"| fold teachers (they teach) | {100 * sum(fold_val.values()) / len(fold_val):.2f} | {values} |")
     for label, stats in val.items():
         seeds = " / ".join(f"{100 * v:.2f}" for v in stats["values"])
         lines.append(f"| {label} | {100 * stats['mean']:.2f} | {seeds} |")
     if "vanilla" in val and "best_val_mAP" in teacher_metrics:
         gap = 100 * (teacher_metrics["best_val_mAP"] - val["vanilla"]["mean"])
         lines += ["", f"Teacher - vanilla student gap on validation: {gap:.2f} mAP points."]
+        if fold_val:
+            fold_gap = 100 * (sum(fold_val.values()) / len(fold_val) - val["vanilla"]["mean"])
+            lines.append(f"Fold teachers (mean) - vanilla student gap on validation: {fold_gap:.2f} mAP points.")
     lines += ["", "## Test split", "", markdown_table(comparison)]
     return "\n".join(lines) + "\n"
 
@@ -260,16 +285,22 @@ def run_setting(name: str, seeds: Sequence[int], methods: Sequence[str] | None =
         raise FileNotFoundError(missing)
     teacher_dir = out / setting["teacher_of"] / "teacher"
     teacher_metrics = ensure_teacher(teacher_cfg, teacher_dir)
+    teacher_path, folds = teacher_dir / "best.pt", fold_teachers(setting, teacher_cfg, out)
+    if folds:
+        student_cfg = make_config(student_cfg, fold_teachers=[str(d / "best.pt") for d in folds])
+        teacher_path = None
     students = out / name / "students"
-    comparison = compare(teacher_dir / "best.pt", entries, seeds, config=student_cfg, output=students,
+    comparison = compare(teacher_path, entries, seeds, config=student_cfg, output=students,
                          teacher_metrics=teacher_metrics)
     val = validation_summary(students, entries, seeds)
+    fold_val = {str(d): json.loads((d / "metrics.json").read_text()).get("best_val_mAP") for d in folds}
     result = {"setting": name, "command": command, "teacher": str(teacher_dir),
-              "teacher_val_mAP": teacher_metrics.get("best_val_mAP"), "val": val, "comparison": comparison,
-              "quick": quick}
+              "teacher_val_mAP": teacher_metrics.get("best_val_mAP"), "fold_teachers_val_mAP": fold_val or None,
+              "val": val, "comparison": comparison, "quick": quick}
     wall = time.perf_counter() - t0
     _write(out / name / "results.json", json.dumps(result, indent=2))
-    _write(out / name / "results.md", results_markdown(name, command, teacher_metrics, val, comparison, wall))
+    _write(out / name / "results.md", results_markdown(name, command, teacher_metrics, val, comparison, wall,
+                                                       fold_val))
     return result
 
 

@@ -59,6 +59,10 @@ def distill(teacher: str | Path | nn.Module | None = None, method: str | None = 
     (``teacher_module``), not the module: to resume, pass the module again
     (``distill(teacher=module, config="<run>/config.yaml", resume=True)``).
 
+    Cross-fitted teachers replace the one teacher with ``fold_teachers=["f0/best.pt", "f1/best.pt"]``: teacher k
+    trained by ``train(..., hold_out_fold=[k, K])`` teaches the training images of the fold it never saw
+    (`mlkd.data.folds`; docs/method.md, "Cross-fitted teachers").
+
     Args:
         teacher: an mlkd checkpoint path, or a teacher module; ``None`` keeps the configuration's.
         method: distiller name (see `mlkd.losses.list_distillers`); ``vanilla`` trains without one.
@@ -90,9 +94,9 @@ def distill(teacher: str | Path | nn.Module | None = None, method: str | None = 
     elif "method" not in values:
         given["method"] = DISTILL_METHOD
     cfg = make_config(values, **given, **overrides)
-    if cfg.method == "vanilla" and (cfg.teacher or module is not None):
+    if cfg.method == "vanilla" and (cfg.teacher or cfg.fold_teachers or module is not None):
         log.warning("method 'vanilla' trains without the teacher %s; pass method=... (e.g. %r) to distil from it",
-                    cfg.teacher or cfg.teacher_module, DISTILL_METHOD)
+                    cfg.teacher or cfg.fold_teachers or cfg.teacher_module, DISTILL_METHOD)
     return fit(cfg) if module is None else fit(cfg, teacher_module=module)
 
 

@@ -157,17 +157,17 @@ def plan_runs(teacher: str | Path, methods: Sequence[str | tuple[str, str, dict[
         except ValueError as err:
             raise ValueError(f"bench method {label!r}: {err}") from None
     needs = {name: create_distiller(name) for _, name, _ in entries}
-    if teacher is None and not base.teacher_model:
+    if teacher is None and not base.teacher_model and not base.fold_teachers:
         taught = [label for label, name, _ in entries if needs[name].requires_teacher]
         if taught:
             raise ValueError(f"bench methods {', '.join(map(repr, taught))} distil from a teacher: pass --teacher (a "
-                             "best.pt of mlkd train) or --teacher-model with --teacher-weights")
+                             "best.pt of mlkd train), --teacher-model with --teacher-weights, or --fold-teachers")
     order = sorted(entries, key=lambda e: (needs[e[1]].uses_features, needs[e[1]].uses_embeddings), reverse=True)
     runs = []
     for label, name, lambdas in order:
         # A method without teacher gets none (the vanilla student), of either kind.
         teacher_fields = ({"teacher": None if teacher is None else str(teacher)} if needs[name].requires_teacher
-                          else {"teacher": None, "teacher_model": None, "teacher_weights": None})
+                          else {"teacher": None, "teacher_model": None, "teacher_weights": None, "fold_teachers": None})
         for seed in seeds:
             cfg = make_config(base, method=name, **teacher_fields, seed=seed,
                               output=str(folders[label] / f"seed{seed}"), lambdas={**base.lambdas, **lambdas})
@@ -279,6 +279,7 @@ def _compare(teacher, labels: list[str], runs: list[PlannedRun], seeds: list[int
         teacher_metrics = json.loads(path.read_text()) if path.exists() else None
     result = summarise(results, teacher_metrics)
     result["teacher_checkpoint"] = (str(teacher) if teacher is not None else
+                                    f"fold teachers {', '.join(base.fold_teachers)}" if base.fold_teachers else
                                     f"timm {base.teacher_model}, weights {base.teacher_weights}")
     result["seeds"] = list(seeds)
     result["student"] = base.model

@@ -46,6 +46,17 @@ def _floats(text: str) -> list[float]:
     return values
 
 
+def _fold(text: str) -> list[int]:
+    """``"0/2"`` -> ``[0, 2]`` (--hold-out-fold: fold 0 of 2)."""
+    try:
+        k, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected K/N, fold K of N folds (e.g. 0/2), got {text!r}") from None
+    if not (n >= 2 and 0 <= k < n):
+        raise argparse.ArgumentTypeError(f"fold K of N needs N >= 2 and 0 <= K < N (e.g. 0/2), got {text!r}")
+    return [k, n]
+
+
 def _option(text: str) -> tuple[str, Any]:
     name, sep, value = text.partition("=")
     if not sep or not name:
@@ -103,6 +114,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--val-split", dest="val_split", metavar="NAME",
                    help="the split that selects the best epoch (default: the data set's own when it has one, "
                         f"e.g. csv's val.csv; else {100 * RunConfig().val_fraction:g}%% of the training split, seeded)")
+    g.add_argument("--hold-out-fold", dest="hold_out_fold", type=_fold, metavar="K/N",
+                   help="train without fold K of N of the training set: a cross-fitted teacher, whose students "
+                        "distil with --fold-teachers (validation and test stay whole)")
     g.add_argument("--model", help=f"timm model name or built-in (tiny_cnn, small_cnn) {_default('model')}")
     g.add_argument("--model-option", dest="model_options", action="append", type=_option, metavar="KEY=VALUE",
                    help="create_model option, e.g. embed_dim=256 (repeatable)")
@@ -150,6 +164,9 @@ def _add_distill_options(p: argparse.ArgumentParser, teacher_required: bool = Tr
     g.add_argument("--teacher", required=teacher_required,
                    help="teacher checkpoint (best.pt of mlkd train); for a teacher trained elsewhere use "
                         "--teacher-model and --teacher-weights instead")
+    g.add_argument("--fold-teachers", dest="fold_teachers", nargs="+", metavar="CKPT",
+                   help="cross-fitted teachers instead of --teacher: the best.pt of `mlkd train --hold-out-fold K/N` "
+                        "for each K = 0..N-1; each teaches the training images it never saw (docs/method.md)")
     t = p.add_argument_group("a teacher trained elsewhere (docs/method.md, 'Bring your own teacher')")
     t.add_argument("--teacher-model", dest="teacher_model", metavar="NAME",
                    help="timm architecture of the teacher (e.g. resnet50); exclusive with --teacher")

@@ -48,6 +48,9 @@ class RunConfig:
     val_split: str | None = None
     test_split: str = "test"
     val_fraction: float = 0.1
+    # Train without one fold of the training set, ``[k, K]``: fold k of K (`mlkd.data.folds`), for a cross-fitted
+    # teacher (`mlkd train --hold-out-fold k/K`; its students use ``fold_teachers``). Validation and test stay whole.
+    hold_out_fold: list[int] | None = None
     img_size: int = 224
     # Side at which training images are read and augmented; each model gets its own resized copy. None: the
     # larger of img_size and the teacher's input, capped at the training images' own side (`resolve_read_size`,
@@ -68,6 +71,9 @@ class RunConfig:
     teacher_model: str | None = None  # timm architecture of a teacher trained elsewhere (needs teacher_weights)
     teacher_weights: str | None = None  # its state dict (.pth/.pt/.bin/.tar/.ckpt/.safetensors), loaded weights-only
     teacher_module: str | None = None  # set by mlkd.distill(teacher=<nn.Module>): the module's class
+    # Cross-fitted teachers instead of one: K >= 2 mlkd checkpoints, each trained with ``hold_out_fold`` k of K
+    # (one per fold); each teaches the training images of the fold it never saw (`mlkd.data.folds`).
+    fold_teachers: list[str] | None = None
     # The teacher's output classes, in its output order: a text file (one name per line) or the names;
     # None: the data set's classes (then the teacher must have exactly one output per data-set class).
     teacher_classes: list[str] | str | None = None
@@ -509,7 +515,26 @@ def validate(cfg: RunConfig) -> None:
 def _validate_teacher(cfg: RunConfig) -> None:
     """The teacher settings: one kind of teacher, and options only where they apply (see `RunConfig`)."""
     kinds = [name for name, value in (("teacher", cfg.teacher), ("teacher_model", cfg.teacher_model),
-                                      ("teacher_module", cfg.teacher_module)) if value]
+                                      ("teacher_module", cfg.teacher_module), ("fold_teachers", cfg.fold_teachers))
+             if value]
+    if cfg.hold_out_fold is not None:
+        fold = cfg.hold_out_fold
+        if len(fold) != 2 or not fold[1] >= 2 or not 0 <= fold[0] < fold[1]:
+            raise ValueError(f"hold_out_fold is [k, K], fold k of K >= 2 folds with 0 <= k < K "
+                             f"(--hold-out-fold 0/2), got {fold}")
+        if cfg.fold_teachers:
+            raise ValueError("hold_out_fold trains a cross-fitted teacher; its students train on every fold with "
+                             "fold_teachers: drop one of them")
+    if cfg.fold_teachers is not None:
+        if len(cfg.fold_teachers) < 2:
+            raise ValueError(f"fold_teachers (--fold-teachers) names one checkpoint per fold, at least 2, got "
+                             f"{cfg.fold_teachers}; with one teacher, use --teacher")
+        if len(set(cfg.fold_teachers)) != len(cfg.fold_teachers):
+            raise ValueError(f"fold_teachers names a checkpoint twice: {cfg.fold_teachers}; give the best.pt of each "
+                             "fold's teacher once")
+        if len(kinds) > 1:
+            raise ValueError(f"fold_teachers (--fold-teachers) replaces the teacher; drop "
+                             f"{' and '.join(k for k in kinds if k != 'fold_teachers')}")
     if len(kinds) > 1:
         if "teacher_module" in kinds:
             raise ValueError(f"the teacher is given twice: as a module (mlkd.distill(teacher=<nn.Module>)) and as "
@@ -527,7 +552,7 @@ def _validate_teacher(cfg: RunConfig) -> None:
         raise ValueError(f"teacher_missing_labels (--teacher-missing-labels) must be one of "
                          f"{', '.join(map(repr, TEACHER_MISSING_LABELS))}, got {cfg.teacher_missing_labels!r}")
     external = bool(cfg.teacher_model or cfg.teacher_module)
-    if cfg.teacher and not external:
+    if (cfg.teacher or cfg.fold_teachers) and not external:
         # An mlkd checkpoint records its classes and its input; these options would contradict it.
         given = [flag for flag, value in (("--teacher-classes", cfg.teacher_classes),
                                           ("--teacher-img-size", cfg.teacher_img_size),
@@ -535,8 +560,8 @@ def _validate_teacher(cfg: RunConfig) -> None:
                                           ("--teacher-same-input", cfg.teacher_same_input)) if value]
         if given:
             raise ValueError(f"{', '.join(given)} apply to a teacher trained elsewhere (--teacher-model, or a module "
-                             f"given to mlkd.distill); the mlkd checkpoint --teacher {cfg.teacher} records its own "
-                             "classes, resolution and normalisation: drop them")
+                             f"given to mlkd.distill); the mlkd checkpoint --teacher {cfg.teacher or cfg.fold_teachers} records its "
+                             "own classes, resolution and normalisation: drop them")
     if isinstance(cfg.teacher_classes, list):
         if not cfg.teacher_classes:
             raise ValueError("teacher_classes is an empty list; give the teacher's class names in its output order, "

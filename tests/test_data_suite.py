@@ -225,7 +225,7 @@ def test_every_setting_resolves_to_valid_runs(root):
         assert student.data_root == teacher.data_root
         if student.data_root is not None:  # data kept outside the repository: its own tests below
             seen[name] = (student.dataset, student.data_root, student.model, student.img_size, student.weights,
-                          student.epochs)
+                          student.epochs, setting.get("teacher_folds"))
             continue
         # The data each setting is about can be built (on the synthetic items, few scenes).
         opts = {**student.dataset_options}

@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from mlkd.data.folds import FoldBatchSampler
+
 
 def seed_worker(worker_id: int) -> None:
     """``worker_init_fn``: seed Python's and NumPy's generators from the worker's torch seed."""
@@ -55,6 +57,7 @@ def build_loader(
     distributed: bool | None = None,
     pin_memory: bool | None = None,
     drop_last: bool | None = None,
+    folds: torch.Tensor | None = None,
 ) -> DataLoader:
     """Build a DataLoader over ``dataset``.
 
@@ -79,6 +82,9 @@ def build_loader(
         distributed: use a DistributedSampler; ``None`` = when a process group is initialised.
         pin_memory: pin batches in page-locked memory; ``None`` = when CUDA is available.
         drop_last: drop the last incomplete batch; ``None`` = `drop_last_batch` when training, else False.
+        folds: ``[N]`` the fold of each sample (`mlkd.data.folds.fold_assignment`): every batch then holds
+            samples of one fold (`mlkd.data.folds.FoldBatchSampler`, training only; ``drop_last`` applies
+            per fold). The caller must call ``loader.batch_sampler.set_epoch(epoch)`` every epoch.
 
     Returns:
         The DataLoader; its batches are ``(images [B, 3, H, W], targets [B, q])``.
@@ -103,6 +109,24 @@ def build_loader(
         )
     pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
     rank = dist.get_rank() if distributed else 0
+    generator = torch.Generator()
+    generator.manual_seed(seed + rank)
+    if folds is not None:
+        if not train:
+            raise ValueError("folds apply to training loaders (batches within one fold); evaluate without them")
+        if len(folds) != len(dataset):
+            raise ValueError(f"folds gives the fold of {len(folds)} samples, but the data set has {len(dataset)}")
+        world = dist.get_world_size() if distributed else 1
+        batches = FoldBatchSampler(
+            folds, batch_size, seed,
+            (lambda n: drop_last_batch(n, batch_size)) if drop_last is None else (lambda n: drop_last),
+            rank=rank, world_size=world)
+        if len(batches) == 0:
+            raise ValueError(f"batches of {batch_size} within each of the {int(folds.max()) + 1} folds of "
+                             f"{len(dataset)} samples leave no batch for each of {world} process(es); lower the "
+                             "batch size")
+        return DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=pin_memory,
+                          worker_init_fn=seed_worker, generator=generator, persistent_workers=False)
     sampler = DistributedSampler(dataset, shuffle=train, seed=seed) if distributed else None
     per_process = len(sampler) if sampler is not None else len(dataset)
     if drop_last is None:
@@ -112,8 +136,6 @@ def build_loader(
             f"drop_last=True with {per_process} samples per process and batch_size={batch_size} leaves no "
             "batch at all; lower the batch size or pass drop_last=False"
         )
-    generator = torch.Generator()
-    generator.manual_seed(seed + rank)
     return DataLoader(
         dataset,
         batch_size=batch_size,

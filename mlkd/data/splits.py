@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 from torch.utils.data import Dataset, Subset
 
+from mlkd.data.folds import fold_assignment
 from mlkd.data.registry import create_dataset
 from mlkd.data.transforms import build_transforms
 
@@ -35,10 +36,11 @@ def build_datasets(cfg: RunConfig) -> Splits:
 
     Args:
         cfg: the run's data settings (dataset, data_root, dataset_options, the split names,
-            val_fraction, img_size, read_size and augment).
+            val_fraction, hold_out_fold, img_size, read_size and augment).
 
     Returns:
-        The three sets; each has a ``classes`` list, the same in all three. The training set uses the
+        The three sets; each has a ``classes`` list, the same in all three. With ``hold_out_fold`` the
+        training set lacks that fold (`hold_out`); validation and test are those of the whole training set. The training set uses the
         augmenting transform when ``cfg.augment``, the others the evaluation transform. Training images are
         ``cfg.read_size`` px when it is set (each model resizes its copy), the others ``cfg.img_size``.
 
@@ -63,10 +65,23 @@ def build_datasets(cfg: RunConfig) -> Splits:
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED)).tolist()
         train_set = _with_classes(Subset(train_full, sorted(perm[n_val:])), train_full.classes)
         val_set = _with_classes(Subset(make(cfg.train_split, eval_tf), sorted(perm[:n_val])), train_full.classes)
+    if cfg.hold_out_fold is not None:
+        train_set = hold_out(train_set, *cfg.hold_out_fold)
     if list(test_set.classes) != list(train_set.classes):
         raise ValueError(f"the {cfg.test_split!r} split has classes {test_set.classes}, "
                          f"but {cfg.train_split!r} has {train_set.classes}")
     return Splits(train_set, val_set, test_set)
+
+
+def hold_out(train_set: Dataset, k: int, folds: int) -> Subset:
+    """``train_set`` without fold ``k`` of ``folds`` (`mlkd.data.folds.fold_assignment`): a cross-fitted
+    teacher's training images. The whole set stays reachable as the subset's ``held_out_from`` attribute, so
+    that the teacher's checkpoint can record which training set its folds cut."""
+    fold = fold_assignment(len(train_set), folds)
+    kept = (fold != k).nonzero().flatten().tolist()
+    subset = _with_classes(Subset(train_set, kept), train_set.classes)
+    subset.held_out_from = train_set
+    return subset
 
 
 def training_image_side(cfg: RunConfig, samples: int = 16) -> int:

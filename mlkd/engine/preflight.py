@@ -88,6 +88,7 @@ def preflight(cfg: RunConfig, world_size: int = 1, teacher_module: nn.Module | N
         classifier whose size differs from the class list, classes that do not match the data, a module
         teacher that is missing (a resumed run) or whose input settings are unknown.
     """
+    from mlkd.engine.crossfit import order_fold_teachers
     from mlkd.engine.teacher import build_external_teacher, check_module_given, is_external, resolve_read_size, \
         resolve_teacher_input
 
@@ -95,12 +96,16 @@ def preflight(cfg: RunConfig, world_size: int = 1, teacher_module: nn.Module | N
     distiller = check_distiller_options(cfg.method, cfg.lambdas, cfg.method_options)
     external = distiller.requires_teacher and is_external(cfg)
     if distiller.requires_teacher:
-        if not cfg.teacher and not external:
+        if not cfg.teacher and not cfg.fold_teachers and not external:
             raise ValueError(f"method {cfg.method!r} distils from a teacher: pass --teacher PATH (a best.pt written "
                              "by mlkd train), or --teacher-model NAME --teacher-weights FILE (a timm classifier "
                              "trained elsewhere)")
         if cfg.teacher and not Path(cfg.teacher).is_file():
             raise FileNotFoundError(f"--teacher {cfg.teacher} does not exist; pass the best.pt of an mlkd train run")
+        for path in cfg.fold_teachers or []:
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"--fold-teachers {path} does not exist; pass the best.pt of each "
+                                        "`mlkd train --hold-out-fold k/K` run")
         check_module_given(cfg, teacher_module)
         if external:
             cfg = resolve_teacher_input(cfg)  # its input settings are known (given, or timm's), else refused now
@@ -120,6 +125,8 @@ def preflight(cfg: RunConfig, world_size: int = 1, teacher_module: nn.Module | N
         check_positives(name, data, classes, required=data is not train_set)
     check_images(splits)
     steps = check_schedule(cfg, len(train_set), world_size)
+    if distiller.requires_teacher and cfg.fold_teachers:
+        order_fold_teachers(list(cfg.fold_teachers), train_set)  # one per fold, all cutting this training set
     # Last, as it can take seconds (a large architecture, a weights file of hundreds of MB).
     teacher = build_external_teacher(cfg, classes, teacher_module) if external else None
     return CheckedRun(sets, steps, teacher, cfg)

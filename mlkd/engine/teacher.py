@@ -41,7 +41,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from mlkd.config import TEACHER_PRECISIONS, RunConfig
 from mlkd.engine import distributed as ddp
+from mlkd.data.folds import fold_assignment
 from mlkd.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from mlkd.engine.crossfit import FoldTeachers, check_same_input, member_config, order_fold_teachers, same_shapes
 from mlkd.engine.evaluate import ModelInput
 from mlkd.models.external import ExternalTeacher, create_timm_teacher, map_classes, read_class_names, \
     timm_input_config
@@ -281,8 +283,8 @@ def resolve_read_size(cfg: RunConfig) -> RunConfig:
     size = None
     if is_external(cfg):
         size = cfg.teacher_img_size
-    elif cfg.teacher:
-        size = (load_checkpoint(cfg.teacher).get("config") or {}).get("img_size")
+    elif cfg.teacher or cfg.fold_teachers:
+        size = (load_checkpoint(cfg.teacher or cfg.fold_teachers[0]).get("config") or {}).get("img_size")
     if size is None or size <= cfg.img_size:
         return cfg
     from mlkd.data.splits import training_image_side
@@ -337,6 +339,8 @@ def prepare_teacher(cfg: RunConfig, data_classes: list[str], device: torch.devic
         ValueError: see `load_teacher` and `build_external_teacher`; a method that reads label-wise
             embeddings from a teacher without them when no head can be fitted.
     """
+    if cfg.fold_teachers:
+        return _prepare_fold_teachers(cfg, data_classes, device, distiller, train_set)
     settings = dict(channels_last=True, precision=cfg.teacher_precision, compile=cfg.compile_teacher)
     if not is_external(cfg):
         teacher, teacher_input = load_teacher(cfg.teacher, data_classes, device, missing_labels=cfg.teacher_missing_labels,
@@ -373,6 +377,29 @@ def prepare_teacher(cfg: RunConfig, data_classes: list[str], device: torch.devic
     if columns is not None and len(columns) == len(data_classes):
         columns = None  # every class is taught: nothing to slice
     return TeacherSetup(teacher, teacher_input, columns, facts)
+
+
+def _prepare_fold_teachers(cfg: RunConfig, data_classes: list[str], device: torch.device, distiller: nn.Module,
+                           train_set: Dataset) -> TeacherSetup:
+    """Cross-fitted teachers (``cfg.fold_teachers``) as one `FoldTeachers` module: each prepared as a run's
+    teacher, then checked to cover every fold of ``train_set`` once, with one input and one output shape."""
+    paths = order_fold_teachers(list(cfg.fold_teachers), train_set)
+    setups = [prepare_teacher(member_config(cfg, path), data_classes, device, distiller, train_set) for path in paths]
+    check_same_input([s.input for s in setups], paths)
+    sample = torch.stack([train_set[i][0] for i in range(min(2, len(train_set)))]).to(device)
+    with torch.no_grad():
+        outs = [run_teacher(s.module, s.input(sample)) for s in setups]
+    for path, setup, out in zip(paths[1:], setups[1:], outs[1:]):
+        if setup.data_columns != setups[0].data_columns or not same_shapes(out, outs[0]):
+            raise ValueError(f"--fold-teachers {paths[0]} and {path} differ in their classes or output shapes; train "
+                             "every fold's teacher with the same model and settings")
+    facts = dict(setups[0].facts)
+    facts["kind"] = "mlkd folds"
+    facts["description"] = (f"{len(paths)} cross-fitted mlkd checkpoints, each teaching the training images of the "
+                            f"fold it held out: {', '.join(paths)}")
+    facts["fold_teachers"] = [s.facts["description"] for s in setups]
+    module = FoldTeachers([s.module for s in setups], fold_assignment(len(train_set), len(paths))).to(device)
+    return TeacherSetup(module, setups[0].input, setups[0].data_columns, facts)
 
 
 def needs_label_embeddings(distiller: nn.Module) -> bool:
@@ -438,7 +465,9 @@ def fitted_head_key(cfg: RunConfig, teacher: nn.Module, teacher_input: ModelInpu
 
 def teacher_identity(cfg: RunConfig, module: nn.Module | None, digest: bool = False) -> dict[str, Any]:
     """What identifies the teacher's weights: a file's path and modification time, or with ``digest`` its
-    sha256; a module's class and the sha256 of its state dict."""
+    sha256; a module's class and the sha256 of its state dict; fold teachers' identities in fold order."""
+    if cfg.fold_teachers:
+        return {"fold_teachers": [teacher_identity(member_config(cfg, path), None, digest) for path in cfg.fold_teachers]}
     if cfg.teacher_module:
         return {"module": cfg.teacher_module, "state_sha256": state_digest(module) if module is not None else None}
     path = Path(cfg.teacher_weights if cfg.teacher_model else cfg.teacher).resolve()
@@ -537,13 +566,18 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def run_teacher(teacher: nn.Module, images: Tensor) -> ModelOutput:
+def run_teacher(teacher: nn.Module, images: Tensor, index: Tensor | None = None) -> ModelOutput:
     """The teacher's outputs for ``images [B, 3, H, W]`` under its inference settings (`load_teacher`).
+
+    ``index [B]``: the images' training-set indices, which cross-fitted teachers (`FoldTeachers`) need to
+    pick each image's teacher; a single teacher ignores it.
 
     A teacher without recorded settings is simply called. With ``precision="bfloat16"`` the forward
     pass runs under bf16 autocast and the outputs come back in float32, so that the student's losses see
     the dtype they would see from a float32 teacher.
     """
+    if isinstance(teacher, FoldTeachers):
+        return teacher(images, index)
     settings = getattr(teacher, "inference_settings", {})
     try:
         if settings.get("precision", "float32") == "float32":

@@ -227,7 +227,7 @@ def fill_view(cache: TeacherCache, teacher: nn.Module, norm: nn.Module, data: Au
         if batch is not None:
             images, index = batch
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                out = run_teacher(teacher, norm(images.to(device, non_blocking=True)))
+                out = run_teacher(teacher, norm(images.to(device, non_blocking=True)), index)
             computed = [index.to(device), *cache.parts(out)]
         for index, *parts in exchange(computed, device):
             cache.put_parts(view, index, parts)

@@ -25,9 +25,11 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from mlkd.config import RunConfig, default_lr_and_reason, load_yaml, resume_comparable
 from mlkd.data import Splits, build_loader
+from mlkd.data.folds import FoldBatchSampler
 from mlkd.data.views import AugmentedViews
 from mlkd.engine import distributed as ddp
 from mlkd.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from mlkd.engine.crossfit import FoldTeachers, fold_record
 from mlkd.engine.evaluate import ModelInput, compute_metrics, eval_loader, predict, save_scores
 from mlkd.engine.preflight import preflight, resolve_val_split
 from mlkd.engine.logging import RunLogger, plot_learning_curves, progress
@@ -273,11 +275,15 @@ def _set_up(cfg: RunConfig, info: ddp.DistInfo, device: torch.device, out_dir: P
     # The logs are rebuilt from the committed history: after a crash they hold exactly its epochs.
     run.logger = RunLogger(out_dir, tensorboard=cfg.tensorboard, history=run.history) if info.is_main else None
     steps_per_epoch = len(run.train_loader)
-    run.facts = summarize_run(cfg, info, device, threads, sets, run.inner, models.teacher, models.teacher_input,
+    # Fold teachers share an architecture and input: the summary's costs and timings are one teacher's.
+    teacher = models.teacher.representative if isinstance(models.teacher, FoldTeachers) else models.teacher
+    run.facts = summarize_run(cfg, info, device, threads, sets, run.inner, teacher, models.teacher_input,
                               models.student_input, amp_dtype, steps_per_epoch, run.start_epoch,
                               teacher_facts=models.teacher_facts)
     run.common = {"model_args": models.student.model_args, "classes": run.classes,
                   "config": _saved_config(cfg).to_dict(), "input_norm": models.student_input.stats}
+    if cfg.hold_out_fold is not None:  # a cross-fitted teacher: the fold it held out, of which training set
+        run.common["folds"] = fold_record(sets.train, cfg.hold_out_fold)
     return run
 
 
@@ -314,8 +320,8 @@ def _build_models(cfg: RunConfig, info: ddp.DistInfo, device: torch.device, trai
             excluded = setup.facts.get("classes", {}).get("excluded", [])
             log.info("the teacher has no output for %d of the %d labels (%s): they are left out of the distillation "
                      "terms and train on BCE only", len(excluded), len(classes), ", ".join(excluded))
-    elif cfg.teacher or is_external(cfg):
-        given = cfg.teacher or cfg.teacher_model or cfg.teacher_module
+    elif cfg.teacher or cfg.fold_teachers or is_external(cfg):
+        given = cfg.teacher or cfg.fold_teachers or cfg.teacher_model or cfg.teacher_module
         log.warning("method %r uses no teacher; ignoring the teacher %s", cfg.method, given)
     torch.manual_seed(cfg.seed)  # the student's initialisation depends on the seed alone
     student = create_model(cfg.model, len(classes), img_size=cfg.img_size, weights=cfg.weights,
@@ -330,7 +336,8 @@ def _build_models(cfg: RunConfig, info: ddp.DistInfo, device: torch.device, trai
     with torch.no_grad():
         student.eval()
         s_sample = student(student_input.to(device)(sample))
-        t_sample = run_teacher(teacher, teacher_input(sample)) if teacher is not None else None
+        t_sample = (run_teacher(teacher, teacher_input(sample), torch.arange(sample.shape[0]))
+                    if teacher is not None else None)
         student.train()
     if distiller.uses_features:
         _check_feature_maps(cfg, distiller, s_sample, t_sample)
@@ -367,7 +374,10 @@ def _build_training(cfg: RunConfig, info: ddp.DistInfo, device: torch.device, ou
     student, distiller, teacher = models.student, models.distiller, models.teacher
     # Each item is a reproducible augmented view (image, target, index, view id): see mlkd.data.views.
     train_views = AugmentedViews(train_set, train_view_count(cfg), cfg.seed)
-    train_loader = build_loader(train_views, cfg.batch_size, train=True, workers=cfg.workers, seed=cfg.seed)
+    # Cross-fitted teachers: every batch from one fold, taught by the teacher that never saw it (mlkd.data.folds).
+    folds = teacher.fold.cpu() if isinstance(teacher, FoldTeachers) else None
+    train_loader = build_loader(train_views, cfg.batch_size, train=True, workers=cfg.workers, seed=cfg.seed,
+                                folds=folds)
     if len(train_loader) == 0:
         raise ValueError(f"the training set has {len(train_set)} images, fewer than one batch of {cfg.batch_size} "
                          "(training drops incomplete batches); lower --batch-size")
@@ -428,8 +438,9 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
     train_loader, train_views, cache = run.train_loader, run.train_views, run.cache
     teacher, teacher_input, student_input = run.models.teacher, run.models.teacher_input, run.models.student_input
     show = info.is_main and not cfg.quiet
-    if hasattr(train_loader.sampler, "set_epoch"):
-        train_loader.sampler.set_epoch(epoch)
+    for sampler in (train_loader.sampler, train_loader.batch_sampler):
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
     if train_loader.generator is not None:
         # Shuffling and worker seeds depend on (seed, epoch, rank) only, so a resumed run sees
         # the same batches and augmentations as an uninterrupted one.
@@ -438,6 +449,8 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     if cache is not None:  # the teacher runs on the epoch's view of the images not cached yet
         shard = list(train_loader.sampler) if isinstance(train_loader.sampler, DistributedSampler) else None
+        if isinstance(train_loader.batch_sampler, FoldBatchSampler) and info.enabled:
+            shard = train_loader.batch_sampler.indices()
         fill_view(cache, teacher, teacher_input, train_views, train_views.current_view, device, amp_dtype,
                   cfg.workers, indices=shard, show=show)
     sums = run_epoch(run.train_step, train_loader, run.optimizer, run.scheduler, run.scaler, teacher, teacher_input,
@@ -544,7 +557,7 @@ def teacher_outputs(teacher: nn.Module | None, norm: ModelInput, images: Tensor,
     if teacher is None:
         return None
     if cache is None:
-        out = run_teacher(teacher, norm(images))
+        out = run_teacher(teacher, norm(images), index)
         # The cache hands back contiguous copies, and a loss's rounding can depend on the memory layout
         # of its inputs (a model's logits are often a transposed view): the same layout both ways keeps
         # a cached run bit-identical to an uncached one.
@@ -687,7 +700,7 @@ def _changed_settings(saved: dict[str, Any], cfg: RunConfig, out_dir: Path) -> V
 
 def _best_state(last: dict[str, Any]) -> dict[str, Any]:
     """best.pt's content from the last.pt of the epoch that was the best: the weights and the run's facts."""
-    keep = ("model_args", "classes", "config", "input_norm", "model", "epoch", "best_map")
+    keep = ("model_args", "classes", "config", "input_norm", "folds", "model", "epoch", "best_map")
     return {k: last[k] for k in keep if k in last}
 
 
