@@ -15,6 +15,7 @@ from mlkd.data.loaders import build_loader, drop_last_batch
 from mlkd.engine import trainer as trainer_module
 from mlkd.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from mlkd.engine.crossfit import FoldTeachers
+from mlkd.engine.teacher import run_teacher
 from synthetic import write_fashion_like
 from tiny_runs import interrupted_in_epoch, tiny_run
 
@@ -154,7 +155,7 @@ def test_each_image_is_taught_by_the_teacher_that_never_saw_it(data_root, fold_t
 def test_a_mixed_batch_is_answered_image_by_image(fold_teachers):
     models = [model_from_checkpoint(p)[0] for p in fold_teachers]
     fold = torch.tensor([0, 1, 1, 0, 1])
-    teachers = FoldTeachers(models, fold)
+    teachers = FoldTeachers(models, fold, run_teacher)
     images = torch.rand(5, 3, 32, 32)
     with torch.no_grad():
         out = teachers(images, torch.arange(5))

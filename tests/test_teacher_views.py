@@ -180,8 +180,9 @@ def _one_image_at_a_time(run_teacher):
     Logits come back column-major, the layout the batched read-out (an einsum) gives them, so that the
     uncached path gets the layout it gets in a real run (and makes it contiguous as there).
     """
-    def run(teacher, images):
-        outs = [run_teacher(teacher, images[i:i + 1]) for i in range(images.shape[0])]
+    def run(teacher, images, index=None):
+        outs = [run_teacher(teacher, images[i:i + 1], None if index is None else index[i:i + 1])
+                for i in range(images.shape[0])]
         embeddings = None if outs[0].label_embeddings is None else torch.cat([o.label_embeddings for o in outs])
         return ModelOutput(torch.cat([o.logits for o in outs]).t().contiguous().t(), embeddings,
                            [torch.cat(level) for level in zip(*(o.features for o in outs))])

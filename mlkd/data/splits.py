@@ -6,9 +6,11 @@ so a run reads its data once; evaluation (``mlkd eval --split val``) rebuilds th
 """
 from __future__ import annotations
 
+import hashlib
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
+from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
 from mlkd.data.folds import fold_assignment
@@ -105,6 +107,23 @@ def training_image_side(cfg: RunConfig, samples: int = 16) -> int:
     picks = sorted({round(i * (n - 1) / max(1, samples - 1)) for i in range(min(samples, n))})
     sides = sorted(min(data[i][0].shape[-2:]) for i in picks)
     return int(sides[len(sides) // 2])
+
+
+def data_fingerprint(data: Dataset) -> str:
+    """A sha256 of a training set's size, image files (when it lists them) and labels."""
+    h = hashlib.sha256(str(len(data)).encode())
+    base, indices = (data.dataset, list(data.indices)) if isinstance(data, Subset) else (data, None)
+    images = getattr(base, "images", None)
+    if images is not None:
+        chosen = images if indices is None else [images[i] for i in indices]
+        h.update("\n".join(map(str, chosen)).encode())
+    targets = getattr(base, "targets", None)
+    if isinstance(targets, Tensor):
+        chosen = targets if indices is None else targets[torch.as_tensor(indices, dtype=torch.long)]
+        h.update(chosen.to(torch.uint8).contiguous().numpy().tobytes())
+    elif indices is not None:
+        h.update(str(indices).encode())
+    return h.hexdigest()
 
 
 def _with_classes(subset: Subset, classes: list[str]) -> Subset:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from mlkd.config import RunConfig
+from mlkd.data.splits import data_fingerprint
 from mlkd.engine.checkpoint import load_checkpoint
 from mlkd.outputs import ModelOutput
 
@@ -22,8 +23,6 @@ from mlkd.outputs import ModelOutput
 def fold_record(train_set: Dataset, hold_out_fold: list[int]) -> dict[str, Any]:
     """What a fold teacher's checkpoints record under ``"folds"``: the fold it held out, the number of folds,
     and the size and `data_fingerprint` of the whole training set (``train_set`` is the run's, without the fold)."""
-    from mlkd.engine.teacher import data_fingerprint
-
     whole = getattr(train_set, "held_out_from", train_set)
     return {"held_out": int(hold_out_fold[0]), "count": int(hold_out_fold[1]), "train_images": len(whole),
             "train_sha256": data_fingerprint(whole)}
@@ -37,8 +36,6 @@ def order_fold_teachers(paths: list[str], train_set: Dataset) -> list[str]:
         ValueError: a checkpoint not trained with ``--hold-out-fold``, folds counted differently, a fold held
             out twice or by none, or teachers whose folds cut another training set than ``train_set``.
     """
-    from mlkd.engine.teacher import data_fingerprint
-
     records = {}
     for path in paths:
         if not Path(path).is_file():
@@ -76,11 +73,14 @@ class FoldTeachers(nn.Module):
     Args:
         teachers: teacher k held out fold k; all with the same input (`ModelInput`) and output shapes.
         fold: ``[N]`` the fold of each training image.
+        run: ``(teacher, images) -> ModelOutput`` under the teacher's inference settings
+            (`mlkd.engine.teacher.run_teacher`; passed in, as that module builds this one).
     """
 
-    def __init__(self, teachers: list[nn.Module], fold: Tensor):
+    def __init__(self, teachers: list[nn.Module], fold: Tensor, run: Callable[[nn.Module, Tensor], ModelOutput]):
         super().__init__()
         self.members = nn.ModuleList(teachers)
+        self.run = run
         self.register_buffer("fold", fold.clone(), persistent=False)
 
     @property
@@ -93,17 +93,15 @@ class FoldTeachers(nn.Module):
 
         Returns: the `ModelOutput` of each image's fold teacher, in batch order (float32).
         """
-        from mlkd.engine.teacher import run_teacher
-
         if index is None:
             raise ValueError("cross-fitted teachers need the training-set index of each image (which teacher "
                              "never saw it)")
         fold = self.fold[index.to(self.fold.device)].to(images.device)
         present = fold.unique().tolist()
         if len(present) == 1:
-            return run_teacher(self.members[present[0]], images)
+            return self.run(self.members[present[0]], images)
         parts = {k: (fold == k).nonzero().flatten() for k in present}
-        outs = {k: run_teacher(self.members[k], images.index_select(0, rows)) for k, rows in parts.items()}
+        outs = {k: self.run(self.members[k], images.index_select(0, rows)) for k, rows in parts.items()}
 
         def gather(get) -> Tensor:
             first = get(outs[present[0]])

@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from mlkd.config import TEACHER_PRECISIONS, RunConfig
 from mlkd.engine import distributed as ddp
 from mlkd.data.folds import fold_assignment
+from mlkd.data.splits import data_fingerprint
 from mlkd.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from mlkd.engine.crossfit import FoldTeachers, check_same_input, member_config, order_fold_teachers, same_shapes
 from mlkd.engine.evaluate import ModelInput
@@ -398,7 +399,8 @@ def _prepare_fold_teachers(cfg: RunConfig, data_classes: list[str], device: torc
     facts["description"] = (f"{len(paths)} cross-fitted mlkd checkpoints, each teaching the training images of the "
                             f"fold it held out: {', '.join(paths)}")
     facts["fold_teachers"] = [s.facts["description"] for s in setups]
-    module = FoldTeachers([s.module for s in setups], fold_assignment(len(train_set), len(paths))).to(device)
+    module = FoldTeachers([s.module for s in setups], fold_assignment(len(train_set), len(paths)), run_teacher)
+    module = module.to(device)
     return TeacherSetup(module, setups[0].input, setups[0].data_columns, facts)
 
 
@@ -487,23 +489,6 @@ def _file_digest(path: Path) -> str:
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
-    return h.hexdigest()
-
-
-def data_fingerprint(data: Dataset) -> str:
-    """A sha256 of a training set's size, image files (when it lists them) and labels."""
-    h = hashlib.sha256(str(len(data)).encode())
-    base, indices = (data.dataset, list(data.indices)) if isinstance(data, Subset) else (data, None)
-    images = getattr(base, "images", None)
-    if images is not None:
-        chosen = images if indices is None else [images[i] for i in indices]
-        h.update("\n".join(map(str, chosen)).encode())
-    targets = getattr(base, "targets", None)
-    if isinstance(targets, Tensor):
-        chosen = targets if indices is None else targets[torch.as_tensor(indices, dtype=torch.long)]
-        h.update(chosen.to(torch.uint8).contiguous().numpy().tobytes())
-    elif indices is not None:
-        h.update(str(indices).encode())
     return h.hexdigest()
 
 
