@@ -23,7 +23,8 @@ replace the inherited ones, whole values, no deeper merge; ``methods`` replaces 
 teacher's configuration trained K times, each without one fold of the training set
 (``OUTPUT/TEACHER_OF/teacher_fold{k}of{K}``, trained or reused like the teacher), each teaching the fold it
 held out. The whole-set teacher is still trained: the validation gap is measured against it, and against the
-fold teachers too.
+fold teachers too. ``fold_teacher: {epochs: 8}`` (RunConfig fields) changes the fold teachers' runs only; they are
+then trained into ``OUTPUT/SETTING/teacher_fold{k}of{K}``, the setting's own folder.
 
 A relative ``data_root`` in a setting file is relative to the repository root, not to the current folder:
 the ``posters_*`` settings read ``../shared/data/movie_posters``, real photographs that are never copied
@@ -55,7 +56,7 @@ from mlkd.engine.trainer import fit  # noqa: E402
 
 SUITE_DIR = ROOT / "mlkd" / "configs" / "suite"
 SECTIONS = ("common", "teacher", "student")
-TOP_KEYS = {"inherit", "teacher_of", "teacher_folds", "methods", "external_data", *SECTIONS}
+TOP_KEYS = {"inherit", "teacher_of", "teacher_folds", "fold_teacher", "methods", "external_data", *SECTIONS}
 # Run settings that do not change what a run computes; a reused teacher may differ in these. The thread
 # count changes a run only in the last bits (the order of float reductions): a finished teacher is kept
 # rather than trained again for it, and its own config.yaml still records the count it ran with.
@@ -92,7 +93,7 @@ def _read(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     merged = {k: v for k, v in parent.items() if k in TOP_KEYS - {"inherit"}}
     for section in SECTIONS:
         merged[section] = {**(parent.get(section) or {}), **(data.get(section) or {})}
-    for key in ("methods", "teacher_of", "teacher_folds", "external_data"):
+    for key in ("methods", "teacher_of", "teacher_folds", "fold_teacher", "external_data"):
         if key in data:
             merged[key] = data[key]
     return merged
@@ -119,6 +120,7 @@ def load_setting(name: str) -> dict[str, Any]:
     if not setting.get("methods"):
         raise ValueError(f"setting {name!r} lists no methods")
     setting["teacher_of"] = setting.get("teacher_of") or name
+    setting["name"] = name
     return setting
 
 
@@ -219,9 +221,12 @@ def fold_teachers(setting: dict[str, Any], teacher_cfg: RunConfig, out: Path) ->
         return []
     if isinstance(count, bool) or not isinstance(count, int) or count < 2:
         raise ValueError(f"teacher_folds is the number of cross-fitted teachers, an integer >= 2, got {count!r}")
-    folders = [out / setting["teacher_of"] / f"teacher_fold{k}of{count}" for k in range(count)]
+    changes = setting.get("fold_teacher") or {}
+    check_keys(changes, "fold_teacher")
+    owner = setting["name"] if changes else setting["teacher_of"]
+    folders = [out / owner / f"teacher_fold{k}of{count}" for k in range(count)]
     for k, folder in enumerate(folders):
-        ensure_teacher(make_config(teacher_cfg, hold_out_fold=[k, count]), folder)
+        ensure_teacher(make_config(teacher_cfg, **changes, hold_out_fold=[k, count]), folder)
     return folders
 
 

@@ -1,6 +1,8 @@
 """Cross-fitted teachers: folds, fold-pure batches, fold teachers' runs and the students they teach."""
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 
@@ -232,3 +234,39 @@ def test_cli_parses_and_checks_the_hold_out_fold(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "mlkd", "train", "--hold-out-fold", "3/3"], capture_output=True,
                          text=True)
     assert bad.returncode == 2 and "0 <= K < N" in bad.stderr
+
+
+def test_cli_takes_fold_teachers_for_distill_and_bench():
+    from mlkd.cli import build_parser
+
+    for command in ("distill", "bench"):
+        args = build_parser().parse_args([command, "--fold-teachers", "a.pt", "b.pt"])
+        assert args.fold_teachers == ["a.pt", "b.pt"]
+
+
+@pytest.mark.slow
+def test_torchrun_students_of_fold_teachers_cached_or_not(data_root, tmp_path):
+    """Two processes deal the fold-pure batches out and fill the teacher cache from both fold teachers: the run
+    finishes, and with the cache it trains as without it."""
+    flags = ["--dataset", "fashion_mosaic", "--data-root", str(data_root), "--dataset-option", f"num_mosaics={MOSAICS}",
+             "--img-size", "32", "--batch-size", "8", "--epochs", "1", "--model", "tiny_cnn", "--threads", "1",
+             *[f for k, v in HEAD.items() for f in ("--model-option", f"{k}={v}")], "--no-augment", "--device", "cpu",
+             "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    teachers = []
+    for k in range(2):
+        out = tmp_path / f"t{k}"
+        r = subprocess.run([sys.executable, "-m", "mlkd", "train", *flags, "--hold-out-fold", f"{k}/2", "--output",
+                            str(out)], capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        teachers.append(str(out / "best.pt"))
+    results = {}
+    for label, extra in (("plain", []), ("cached", ["--cache-teacher"])):
+        out = tmp_path / label
+        r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                            "mlkd", "distill", *flags, "--method", "l2d", "--fold-teachers", *teachers, *extra,
+                            "--output", str(out)], capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        results[label] = json.loads((out / "metrics.json").read_text())
+    assert results["plain"]["teacher"]["kind"] == "mlkd folds"
+    assert results["cached"]["mAP"] == results["plain"]["mAP"]

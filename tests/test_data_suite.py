@@ -225,16 +225,17 @@ def test_every_setting_resolves_to_valid_runs(root):
         assert student.data_root == teacher.data_root
         if student.data_root is not None:  # data kept outside the repository: its own tests below
             seen[name] = (student.dataset, student.data_root, student.model, student.img_size, student.weights,
-                          student.epochs, setting.get("teacher_folds"))
+                          student.epochs, setting.get("teacher_folds"), yaml.safe_dump(setting.get("fold_teacher")))
             continue
         # The data each setting is about can be built (on the synthetic items, few scenes).
         opts = {**student.dataset_options}
         opts[accuracy.QUICK_COUNT_OPTIONS[student.dataset]] = 4
         data = create_dataset(student.dataset, root, "train", **opts)
         seen[name] = (student.dataset, yaml.safe_dump(student.dataset_options), student.model, student.img_size,
-                      len(data.classes))
+                      len(data.classes), setting.get("teacher_folds"), yaml.safe_dump(setting.get("fold_teacher")))
     assert len(set(seen.values())) == len(seen), seen  # no two settings are the same experiment
     assert seen["many_labels"][4] >= 30
+    assert accuracy.load_setting("clutter_crossfit")["teacher_of"] == "clutter"  # the fold teachers' folder
     assert accuracy.load_setting("sparse")["common"]["dataset_options"]["min_items"] == 1
     lowres_teacher, lowres = accuracy.run_configs(accuracy.load_setting("lowres"))
     quadrants_teacher, _ = accuracy.run_configs(accuracy.load_setting("quadrants"))
