@@ -7,7 +7,7 @@
 SETTING is a file of ``mlkd/configs/suite/`` (``quadrants``, ``sparse``, ``clutter``, ``clutter_colors``,
 ``many_labels``, ``lowres``, ``posters_scratch``, ``posters_tiny``, ``posters_lowres``, ``posters_short``, and
 with cross-fitted teachers ``posters_short_crossfit``, ``posters_short_crossfit3``, ``posters_scratch_crossfit``,
-``clutter_crossfit``, ``clutter_crossfit_steps``; ``clutter`` is what ``mlkd demo`` runs;
+``clutter_crossfit``, ``clutter_crossfit_steps``, ``posters_short_crossfit_steps``; ``clutter`` is what ``mlkd demo`` runs;
 docs/results.md, "The accuracy suite", says what each tests). The script trains the setting's teacher
 into ``OUTPUT/SETTING/teacher`` (or reuses it when that folder holds a finished teacher of the same
 configuration; an interrupted one resumes), runs
@@ -25,7 +25,8 @@ teacher's configuration trained K times, each without one fold of the training s
 (``OUTPUT/TEACHER_OF/teacher_fold{k}of{K}``, trained or reused like the teacher), each teaching the fold it
 held out. The whole-set teacher is still trained: the validation gap is measured against it, and against the
 fold teachers too. ``fold_teacher: {epochs: 8}`` (RunConfig fields) changes the fold teachers' runs only; they are
-then trained into ``OUTPUT/SETTING/teacher_fold{k}of{K}``, the setting's own folder.
+then trained into ``OUTPUT/TEACHER_OF/teacher_fold{k}of{K}_epochs8`` (the changes in the name), shared by every
+setting that asks for the same fold teachers.
 
 A relative ``data_root`` in a setting file is relative to the repository root, not to the current folder:
 the ``posters_*`` settings read ``../shared/data/movie_posters``, real photographs that are never copied
@@ -215,6 +216,22 @@ def ensure_teacher(cfg: RunConfig, folder: Path) -> dict[str, Any]:
     return fit(make_config(cfg, output=str(folder), resume=resume)).metrics
 
 
+def fold_teacher_folders(teacher_of: str, count: int, changes: dict[str, Any], out: Path) -> list[Path]:
+    """Where the ``count`` fold teachers of ``teacher_of``'s teacher, changed by ``changes``, are kept.
+
+    ``OUTPUT/TEACHER_OF/teacher_fold{k}of{K}``, the changes appended to the name (``_epochs12``), so every
+    setting that asks for the same fold teachers shares one training of them.
+    """
+    suffix = "".join(f"_{key}{_folder_word(value)}" for key, value in sorted(changes.items()))
+    return [out / teacher_of / f"teacher_fold{k}of{count}{suffix}" for k in range(count)]
+
+
+def _folder_word(value: Any) -> str:
+    # A RunConfig value as part of a folder name: 12 -> "12", [0.1, 2] -> "0.1-2", "a b" -> "a_b".
+    text = "-".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", text)
+
+
 def fold_teachers(setting: dict[str, Any], teacher_cfg: RunConfig, out: Path) -> list[Path]:
     """The folders of a setting's cross-fitted teachers (``teacher_folds: K``), trained or reused; [] without."""
     count = setting.get("teacher_folds")
@@ -224,8 +241,7 @@ def fold_teachers(setting: dict[str, Any], teacher_cfg: RunConfig, out: Path) ->
         raise ValueError(f"teacher_folds is the number of cross-fitted teachers, an integer >= 2, got {count!r}")
     changes = setting.get("fold_teacher") or {}
     check_keys(changes, "fold_teacher")
-    owner = setting["name"] if changes else setting["teacher_of"]
-    folders = [out / owner / f"teacher_fold{k}of{count}" for k in range(count)]
+    folders = fold_teacher_folders(setting["teacher_of"], count, changes, out)
     for k, folder in enumerate(folders):
         ensure_teacher(make_config(teacher_cfg, **changes, hold_out_fold=[k, count]), folder)
     return folders

@@ -416,3 +416,16 @@ def test_tinted_mosaics_keep_the_grey_layout_and_label_colour_class_pairs(root):
             np.testing.assert_allclose(block, want, atol=0.5 + 1e-9)
         assert torch.equal(target, torch.from_numpy(expected))
         assert torch.equal(tinted.targets[i], target)
+
+
+def test_fold_teachers_are_shared_by_settings_that_ask_for_the_same_ones(tmp_path):
+    plain = accuracy.fold_teacher_folders("posters_scratch", 2, {}, tmp_path)
+    assert plain == [tmp_path / "posters_scratch" / "teacher_fold0of2", tmp_path / "posters_scratch" / "teacher_fold1of2"]
+    longer = accuracy.fold_teacher_folders("posters_scratch", 2, {"epochs": 12}, tmp_path)
+    assert [p.name for p in longer] == ["teacher_fold0of2_epochs12", "teacher_fold1of2_epochs12"]
+    both = accuracy.fold_teacher_folders("clutter", 3, {"lr": 0.01, "epochs": 8, "mix": [0.1, 2]}, tmp_path)
+    assert both[2].name == "teacher_fold2of3_epochs8_lr0.01_mix0.1-2"
+    # Two settings whose teacher_of and fold_teacher agree get the same folders.
+    shorts = {name: accuracy.load_setting(name) for name in ("posters_short_crossfit", "posters_scratch_crossfit")}
+    assert len({tuple(accuracy.fold_teacher_folders(s["teacher_of"], s["teacher_folds"], s.get("fold_teacher") or {},
+                                                    tmp_path)) for s in shorts.values()}) == 1
