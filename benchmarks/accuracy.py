@@ -129,8 +129,9 @@ def load_setting(name: str) -> dict[str, Any]:
 
 
 def data_root(value: str | None) -> str | None:
-    """A setting's ``data_root`` as a path: relative ones are relative to the repository root."""
-    return None if value is None else str(ROOT / value)
+    """A setting's ``data_root`` as an absolute path without ``..``: relative ones are relative to the repository
+    root (so a copy of the repository beside it reads the same folder, named the same way)."""
+    return None if value is None else str((ROOT / value).resolve())
 
 
 def run_configs(setting: dict[str, Any], quick: bool = False) -> tuple[RunConfig, RunConfig]:

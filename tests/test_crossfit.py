@@ -125,6 +125,34 @@ def test_fold_teachers_record_their_fold_and_the_training_set(fold_teachers):
     assert records[0]["train_sha256"] == records[1]["train_sha256"]
 
 
+def test_the_training_set_fingerprint_does_not_depend_on_where_the_data_lies(tmp_path):
+    # Fold teachers record it; the same images read from another place (a moved folder, a path through
+    # "..", as the accuracy suite's copies of the repository read ../shared) must be recognised.
+    import shutil
+
+    from mlkd.data.splits import data_fingerprint
+    from synthetic import write_csv_quadrants
+
+    root = write_csv_quadrants(tmp_path / "a" / "set", ["w", "x", "y", "z"], n_train=20)
+    shutil.copytree(root, tmp_path / "moved")
+    (tmp_path / "b").mkdir()
+
+    def fingerprint(data_root, **changes):
+        settings = {"dataset": "csv", "data_root": str(data_root), "val_split": None, "val_fraction": 0.25,
+                    "img_size": 16}
+        cfg = make_config(**{**settings, **changes})
+        return data_fingerprint(build_datasets(cfg).train)
+
+    here = fingerprint(root)
+    assert fingerprint(tmp_path / "moved") == here
+    assert fingerprint(tmp_path / "b" / ".." / "a" / "set") == here
+    assert fingerprint(root, img_size=8) == here  # the images' content at a resolution is not part of it
+    assert fingerprint(root, val_fraction=0.5) != here  # another carve: other images
+    lines = (root / "train.csv").read_text().splitlines()
+    (root / "train.csv").write_text("\n".join([lines[0], lines[2], lines[1], *lines[3:]]) + "\n")
+    assert fingerprint(root) != here  # the same files in another order: other folds
+
+
 # ---- students of fold teachers --------------------------------------------------------------------------
 
 def test_each_image_is_taught_by_the_teacher_that_never_saw_it(data_root, fold_teachers, tmp_path, monkeypatch):

@@ -7,7 +7,9 @@ so a run reads its data once; evaluation (``mlkd eval --split val``) rebuilds th
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING, NamedTuple
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
@@ -110,13 +112,17 @@ def training_image_side(cfg: RunConfig, samples: int = 16) -> int:
 
 
 def data_fingerprint(data: Dataset) -> str:
-    """A sha256 of a training set's size, image files (when it lists them) and labels."""
+    """A sha256 of a training set's size, image files (when it lists them) and labels.
+
+    Image files count by their path below the folder they all share, so the same data set read from another
+    place (moved, mounted elsewhere, reached through ``..``) has the same fingerprint.
+    """
     h = hashlib.sha256(str(len(data)).encode())
     base, indices = (data.dataset, list(data.indices)) if isinstance(data, Subset) else (data, None)
     images = getattr(base, "images", None)
     if images is not None:
         chosen = images if indices is None else [images[i] for i in indices]
-        h.update("\n".join(map(str, chosen)).encode())
+        h.update("\n".join(_below_common_folder(chosen)).encode())
     targets = getattr(base, "targets", None)
     if isinstance(targets, Tensor):
         chosen = targets if indices is None else targets[torch.as_tensor(indices, dtype=torch.long)]
@@ -124,6 +130,17 @@ def data_fingerprint(data: Dataset) -> str:
     elif indices is not None:
         h.update(str(indices).encode())
     return h.hexdigest()
+
+
+def _below_common_folder(paths: Sequence[Any]) -> list[str]:
+    """``paths`` relative to the deepest folder that holds them all, as POSIX strings."""
+    if not paths:
+        return []
+    absolute = [os.path.abspath(p) for p in paths]
+    top = os.path.commonpath(absolute) if len(absolute) > 1 else os.path.dirname(absolute[0])
+    if top in absolute:  # a single path listed repeatedly: its folder
+        top = os.path.dirname(top)
+    return [Path(os.path.relpath(p, top)).as_posix() for p in absolute]
 
 
 def _with_classes(subset: Subset, classes: list[str]) -> Subset:
