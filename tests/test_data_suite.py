@@ -250,7 +250,7 @@ POSTERS = ("posters_scratch", "posters_lowres")
 
 def test_poster_settings_resolve_from_the_repository_root_whatever_the_current_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    expected_root = str(accuracy.ROOT / "../shared/data/movie_posters")
+    expected_root = str((accuracy.ROOT / "../shared/data/movie_posters").resolve())  # no "..": one name for every copy
     scratch_teacher, scratch = accuracy.run_configs(accuracy.load_setting("posters_scratch"))
     lowres_setting = accuracy.load_setting("posters_lowres")
     _, lowres = accuracy.run_configs(lowres_setting)
