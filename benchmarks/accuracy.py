@@ -8,9 +8,8 @@ SETTING is a file of ``mlkd/configs/suite/`` (``quadrants``, ``sparse``, ``clutt
 ``many_labels``, ``lowres``, ``posters_scratch``, ``posters_tiny``, ``posters_lowres``, ``posters_short``,
 ``posters_tiny_short``, and with cross-fitted teachers ``posters_short_crossfit``, ``posters_short_crossfit3``,
 ``posters_short_crossfit_steps``, ``posters_scratch_crossfit``, ``posters_tiny_crossfit``,
-``posters_tiny_short_crossfit``, ``clutter_crossfit``, ``clutter_crossfit_steps``, ``sparse_crossfit``, ``sparse_crossfit_steps``,
-``lowres_crossfit_steps``;
-``clutter`` is what ``mlkd demo`` runs;
+``posters_tiny_short_crossfit``, ``clutter_crossfit``, ``clutter_crossfit_steps``, ``sparse_crossfit``,
+``sparse_crossfit_steps``, ``lowres_crossfit_steps``; ``clutter`` is what ``mlkd demo`` runs;
 docs/results.md, "The accuracy suite", says what each tests). The script trains the setting's teacher
 into ``OUTPUT/SETTING/teacher`` (or reuses it when that folder holds a finished teacher of the same
 configuration; an interrupted one resumes), runs
