@@ -420,7 +420,7 @@ def test_tinted_mosaics_keep_the_grey_layout_and_label_colour_class_pairs(root):
 
 def test_fold_teachers_are_shared_by_settings_that_ask_for_the_same_ones(tmp_path):
     plain = accuracy.fold_teacher_folders("posters_scratch", 2, {}, tmp_path)
-    assert plain == [tmp_path / "posters_scratch" / "teacher_fold0of2", tmp_path / "posters_scratch" / "teacher_fold1of2"]
+    assert plain == [tmp_path / "posters_scratch" / f"teacher_fold{k}of2" for k in range(2)]
     longer = accuracy.fold_teacher_folders("posters_scratch", 2, {"epochs": 12}, tmp_path)
     assert [p.name for p in longer] == ["teacher_fold0of2_epochs12", "teacher_fold1of2_epochs12"]
     both = accuracy.fold_teacher_folders("clutter", 3, {"lr": 0.01, "epochs": 8, "mix": [0.1, 2]}, tmp_path)

@@ -44,8 +44,9 @@ def build_datasets(cfg: RunConfig) -> Splits:
 
     Returns:
         The three sets; each has a ``classes`` list, the same in all three. With ``hold_out_fold`` the
-        training set lacks that fold (`hold_out`); validation and test are those of the whole training set. The training set uses the
-        augmenting transform when ``cfg.augment``, the others the evaluation transform. Training images are
+        training set lacks that fold (`hold_out`); validation and test are those of the whole training set.
+        The training set uses the augmenting transform when ``cfg.augment``, the others the evaluation
+        transform. Training images are
         ``cfg.read_size`` px when it is set (each model resizes its copy), the others ``cfg.img_size``.
 
     Raises:
