@@ -270,8 +270,10 @@ def validation_summary(students: Path, methods: Sequence[tuple[str, str, dict]],
 
 
 def results_markdown(name: str, command: str, teacher_metrics: dict[str, Any], val: dict[str, Any],
-                     comparison: dict[str, Any], wall_s: float, fold_val: dict[str, float] | None = None) -> str:
-    """``results.md``: the command, the validation mAP (teacher, fold teachers and students), then the test
+                     comparison: dict[str, Any], wall_s: float, fold_val: dict[str, float] | None = None,
+                     fold_fit: dict[str, dict[str, Any] | None] | None = None) -> str:
+    """``results.md``: the command, the validation mAP (teacher, fold teachers and students), how closely the
+    teachers fit their training images (when their runs recorded it, `mlkd.engine.fit`), then the test
     comparison."""
     lines = [f"# Accuracy suite: {name}", "",
              f"Command: `{command}`  ", f"Finished {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC in {wall_s:.0f} s.",
@@ -291,8 +293,23 @@ def results_markdown(name: str, command: str, teacher_metrics: dict[str, Any], v
         if fold_val:
             fold_gap = 100 * (sum(fold_val.values()) / len(fold_val) - val["vanilla"]["mean"])
             lines.append(f"Fold teachers (mean) - vanilla student gap on validation: {fold_gap:.2f} mAP points.")
+    lines += _fit_lines(teacher_metrics.get("fit"), fold_fit)
     lines += ["", "## Test split", "", markdown_table(comparison)]
     return "\n".join(lines) + "\n"
+
+
+def _fit_lines(fit: dict[str, Any] | None, fold_fit: dict[str, dict[str, Any] | None] | None) -> list[str]:
+    """results.md's lines on the teachers' fit of their own training images (validation-side facts only)."""
+    lines = []
+    if fit:
+        lines.append(f"Teacher on its {fit['train_images']:,} training images (the students' too, unless fold "
+                     f"teachers teach): {fit['train_mAP']:.2f} mAP.")
+    if fold_fit and all(fold_fit.values()):
+        held = " / ".join(f"{f['held_out_mAP']:.2f}" for f in fold_fit.values())
+        train = " / ".join(f"{f['train_mAP']:.2f}" for f in fold_fit.values())
+        lines.append(f"Fold teachers on the fold each teaches (never seen): {held} mAP; on their own training "
+                     f"images: {train}.")
+    return [""] + lines if lines else []
 
 
 def run_setting(name: str, seeds: Sequence[int], methods: Sequence[str] | None = None,
@@ -318,14 +335,17 @@ def run_setting(name: str, seeds: Sequence[int], methods: Sequence[str] | None =
     comparison = compare(teacher_path, entries, seeds, config=student_cfg, output=students,
                          teacher_metrics=teacher_metrics)
     val = validation_summary(students, entries, seeds)
-    fold_val = {str(d): json.loads((d / "metrics.json").read_text()).get("best_val_mAP") for d in folds}
+    fold_metrics = {str(d): json.loads((d / "metrics.json").read_text()) for d in folds}
+    fold_val = {d: m.get("best_val_mAP") for d, m in fold_metrics.items()}
+    fold_fit = {d: m.get("fit") for d, m in fold_metrics.items()}
     result = {"setting": name, "command": command, "teacher": str(teacher_dir),
-              "teacher_val_mAP": teacher_metrics.get("best_val_mAP"), "fold_teachers_val_mAP": fold_val or None,
+              "teacher_val_mAP": teacher_metrics.get("best_val_mAP"), "teacher_fit": teacher_metrics.get("fit"),
+              "fold_teachers_val_mAP": fold_val or None, "fold_teachers_fit": fold_fit or None,
               "val": val, "comparison": comparison, "quick": quick}
     wall = time.perf_counter() - t0
     _write(out / name / "results.json", json.dumps(result, indent=2))
     _write(out / name / "results.md", results_markdown(name, command, teacher_metrics, val, comparison, wall,
-                                                       fold_val))
+                                                       fold_val, fold_fit))
     return result
 
 

@@ -504,6 +504,12 @@ def format_metrics(metrics: dict[str, Any], title: str) -> str:
     facts = [f"{name} {metrics[key]}" for key, name in names.items() if key in metrics]
     if facts:
         lines.append("  " + ", ".join(facts))
+    fit = metrics.get("fit")
+    if fit:  # a run without a teacher: how closely its best checkpoint fits its training images (engine/fit.py)
+        some = f"{fit['scored']:,} of " if fit["scored"] < fit["train_images"] else ""
+        lines.append(f"  training images: mAP {fit['train_mAP']:.2f} on {some}{fit['train_images']:,} of them "
+                     "(read as evaluation reads them)"
+                     + (f"; held-out fold: {fit['held_out_mAP']:.2f}" if "held_out_mAP" in fit else ""))
     lines += [f"  {line}" for line in cost_lines(metrics.get("cost"))]
     return "\n".join(lines)
 

@@ -429,3 +429,17 @@ def test_fold_teachers_are_shared_by_settings_that_ask_for_the_same_ones(tmp_pat
     shorts = {name: accuracy.load_setting(name) for name in ("posters_short_crossfit", "posters_scratch_crossfit")}
     assert len({tuple(accuracy.fold_teacher_folders(s["teacher_of"], s["teacher_folds"], s.get("fold_teacher") or {},
                                                     tmp_path)) for s in shorts.values()}) == 1
+
+
+def test_results_say_how_closely_the_teachers_fit_their_training_images_when_recorded(monkeypatch):
+    monkeypatch.setattr(accuracy, "markdown_table", lambda comparison: "(the test table)")
+    fit = {"train_mAP": 53.79, "train_images": 4186, "scored": 4186}
+    folds = {"f0": {"train_mAP": 50.1, "held_out_mAP": 21.23}, "f1": {"train_mAP": 49.9, "held_out_mAP": 20.5}}
+    text = accuracy.results_markdown("s", "cmd", {"best_val_mAP": 0.2189, "fit": fit}, {}, {}, 1.0,
+                                     {"f0": 0.2056, "f1": 0.2125}, folds)
+    assert "Teacher on its 4,186 training images" in text and "53.79 mAP" in text
+    assert "never seen): 21.23 / 20.50 mAP; on their own training images: 50.10 / 49.90." in text
+    # Teachers trained before the record existed: no line, no error.
+    old = accuracy.results_markdown("s", "cmd", {"best_val_mAP": 0.2189}, {}, {}, 1.0, {"f0": 0.2, "f1": 0.2},
+                                    {"f0": None, "f1": None})
+    assert "training images" not in old

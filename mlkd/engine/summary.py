@@ -18,6 +18,7 @@ from torch import nn
 
 from mlkd.config import RunConfig
 from mlkd.engine import distributed as ddp
+from mlkd.engine.fit import fit_lines
 from mlkd.engine.threads import ThreadChoice
 from mlkd.models.cost import describe_cost, model_cost
 
@@ -232,7 +233,7 @@ def teacher_lines(facts: dict[str, Any], size: int, cached: bool) -> list[str]:
         by_source.setdefault(where, []).append(term)
     for where, terms in by_source.items():
         lines.append(f"            {', '.join(terms)}: {where}")
-    return lines
+    return lines + fit_lines(facts.get("fit"), facts.get("fold_fit"))
 
 
 def _numbers(values: Sequence[float]) -> str:

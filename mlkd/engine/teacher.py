@@ -46,6 +46,7 @@ from mlkd.data.splits import data_fingerprint
 from mlkd.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from mlkd.engine.crossfit import FoldTeachers, check_same_input, member_config, order_fold_teachers, same_shapes
 from mlkd.engine.evaluate import ModelInput
+from mlkd.engine.fit import teacher_fit_facts
 from mlkd.models.external import ExternalTeacher, create_timm_teacher, map_classes, read_class_names, \
     timm_input_config
 from mlkd.models.fitted_head import attach_fitted_head, state_digest
@@ -375,6 +376,8 @@ def prepare_teacher(cfg: RunConfig, data_classes: list[str], device: torch.devic
         where = f" ({'reused from' if report.get('reused') else 'cached in'} {report['path']})" if report.get("path") else ""
         parts["label_embeddings"] = f"the fitted head{where}"
     facts["term_sources"] = term_sources(distiller, parts)
+    if kind == "mlkd":
+        facts["fit"] = teacher_fit_facts(load_checkpoint(cfg.teacher), train_set)
     if columns is not None and len(columns) == len(data_classes):
         columns = None  # every class is taught: nothing to slice
     return TeacherSetup(teacher, teacher_input, columns, facts)
@@ -399,6 +402,8 @@ def _prepare_fold_teachers(cfg: RunConfig, data_classes: list[str], device: torc
     facts["description"] = (f"{len(paths)} cross-fitted mlkd checkpoints, each teaching the training images of the "
                             f"fold it held out: {', '.join(paths)}")
     facts["fold_teachers"] = [s.facts["description"] for s in setups]
+    facts["fit"] = None  # the first teacher's: each fold teacher's is under fold_fit
+    facts["fold_fit"] = [s.facts.get("fit") for s in setups]
     module = FoldTeachers([s.module for s in setups], fold_assignment(len(train_set), len(paths)), run_teacher)
     module = module.to(device)
     return TeacherSetup(module, setups[0].input, setups[0].data_columns, facts)

@@ -30,6 +30,7 @@ from mlkd.data.views import AugmentedViews
 from mlkd.engine import distributed as ddp
 from mlkd.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from mlkd.engine.crossfit import FoldTeachers, fold_record
+from mlkd.engine.fit import training_fit
 from mlkd.engine.evaluate import ModelInput, compute_metrics, eval_loader, predict, save_scores
 from mlkd.engine.preflight import preflight, resolve_val_split
 from mlkd.engine.logging import RunLogger, plot_learning_curves, progress
@@ -497,6 +498,12 @@ def _finish(run: _Run) -> RunResult:
     metrics = compute_metrics(test_scores, test_targets, cfg.threshold, run.classes)
     metrics.update({"split": cfg.test_split, "best_epoch": run.best_epoch, "best_val_mAP": run.best_map,
                     "method": cfg.method, "model": cfg.model, "seed": cfg.seed, **run.facts})
+    if run.models.teacher is None:
+        # A model trained without a teacher is how teachers are made: record how closely it fits its training
+        # images, which a student's run reports next to its validation mAP (mlkd/engine/fit.py).
+        metrics["fit"] = training_fit(run.inner.student, run.sets.train, cfg, device, student_input, amp_dtype)
+        if info.is_main:
+            save_checkpoint({**best, "fit": metrics["fit"]}, out_dir / "best.pt")
     if info.is_main:
         _write_json(metrics, out_dir / "metrics.json")
         # Per-image scores let `mlkd bench` bootstrap over test images (paired with another run's).
