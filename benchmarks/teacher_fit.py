@@ -14,6 +14,10 @@ already has, and what the teacher knows about new images (its validation mAP) do
 
 and prints a markdown table: mAP on each, their difference, and the mean binary cross-entropy of the teacher's
 probabilities to the labels on each. Trains nothing when the teachers exist.
+
+Teachers trained by mlkd since 2026-12-07 record their training-image mAP themselves (``fit`` in best.pt and
+metrics.json, `mlkd.engine.fit`), and distillation runs print it; this script also scores older teachers and adds
+the BCE.
 """
 from __future__ import annotations
 
