@@ -7,7 +7,9 @@ SETTING is a suite setting (``benchmarks/accuracy.py --list``); its teacher is t
 (``runs/accuracy/<teacher_of>/teacher``, trained there when missing). Each variant below trains one
 student per seed (`mlkd.bench.compare`, paired by seed) into ``OUTPUT/SETTING/<label>/seed<k>``:
 
-- ``vanilla``, ``KD``, ``PKT``: the baselines; ``vanilla@read``: the vanilla student trained on the images
+- ``vanilla``, ``KD``, ``PKT``: the baselines at their default weights; ``KDx4`` and ``KD@MLD`` (KD at
+  4 times its weight, and at the balanced form's MLD weight, 19.2 times), ``PKT/2`` and ``2PKT``: the
+  baselines at other weights, to give them the same search as L2D's weights; ``vanilla@read``: the vanilla student trained on the images
   the distilled students get (read at the teacher's side, resized), the control of the input pipeline;
 - ``L2D``: the balanced form's label-wise terms, MLD + LED, without the relation term (``lambda_pkt`` 0: the
   default until issue 19); ``MLD``, ``LED``, ``CD``, ``ID``: one of its terms alone (the others' weights 0, so
@@ -45,15 +47,24 @@ from mlkd.bench import compare  # noqa: E402
 from mlkd.config import make_config  # noqa: E402
 from mlkd.engine.checkpoint import load_checkpoint  # noqa: E402
 from mlkd.files import atomic_write_text  # noqa: E402
+from mlkd.losses.objective import BALANCED_WEIGHTS  # noqa: E402
 from mlkd.stats import t_interval  # noqa: E402
 
-PKT_AT_64 = 30000 / 64  # PKT's default weight in the balanced form's per-image units
+PKT_DEFAULT = 30000.0  # the PKT baseline's weight on its batch-mean term
+PKT_AT_64 = PKT_DEFAULT / 64  # the same weight in the balanced form's per-image units
+KD_DEFAULT = 10.0  # the KD baseline's weight on its batch-mean term (MLD's in the paper's form)
+# KD at the balanced form's MLD weight: λ_MLD = 3 per image, i.e. 3 × 64 on a batch mean at batch 64.
+KD_AT_MLD = BALANCED_WEIGHTS["mld"] * 64
 # label -> (distiller, lambdas, read at the teacher's side without a teacher)
 VARIANTS: dict[str, tuple[str, dict[str, float], bool]] = {
     "vanilla": ("vanilla", {}, False),
     "vanilla@read": ("vanilla", {}, True),
     "KD": ("kd", {}, False),
+    "KDx4": ("kd", {"kd": 4 * KD_DEFAULT}, False),
+    "KD@MLD": ("kd", {"kd": KD_AT_MLD}, False),
     "PKT": ("pkt", {}, False),
+    "PKT/2": ("pkt", {"pkt": PKT_DEFAULT / 2}, False),
+    "2PKT": ("pkt", {"pkt": 2 * PKT_DEFAULT}, False),
     "L2D": ("l2d", {"pkt": 0.0}, False),
     "MLD": ("l2d", {"led": 0.0, "pkt": 0.0}, False),
     "LED": ("l2d", {"mld": 0.0, "pkt": 0.0}, False),
