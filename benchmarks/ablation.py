@@ -7,10 +7,13 @@ SETTING is a suite setting (``benchmarks/accuracy.py --list``); its teacher is t
 (``runs/accuracy/<teacher_of>/teacher``, trained there when missing). Each variant below trains one
 student per seed (`mlkd.bench.compare`, paired by seed) into ``OUTPUT/SETTING/<label>/seed<k>``:
 
-- ``vanilla``, ``KD``, ``PKT``: the baselines at their default weights; ``KDx4`` and ``KD@MLD`` (KD at
-  4 times its weight, and at the balanced form's MLD weight, 19.2 times), ``PKT/2`` and ``2PKT``: the
-  baselines at other weights, to give them the same search as L2D's weights; ``vanilla@read``: the vanilla student trained on the images
-  the distilled students get (read at the teacher's side, resized), the control of the input pipeline;
+- ``vanilla``; ``KD`` and ``PKT``: the baselines as the suite ran them until the baselines' search of issue 19
+  (KD τ = 4, λ_KD = 10; PKT λ_PKT = 30000), given explicitly so that a label keeps its meaning when a default
+  changes; ``KDx4`` and ``KD@MLD`` (τ = 4 at 4 times that weight, and at the balanced form's MLD weight, 19.2
+  times), ``KD-T1`` (τ = 1 at the MLD weight), ``PKT/2`` and ``2PKT``: the candidates of that search;
+  ``KD-default``, ``PKT-default``: whatever ``--method kd`` / ``pkt`` is; ``vanilla@read``: the vanilla
+  student trained on the images the distilled students get (read at the teacher's side, resized), the control of
+  the input pipeline;
 - ``L2D``: the balanced form's label-wise terms, MLD + LED, without the relation term (``lambda_pkt`` 0: the
   default until issue 19); ``MLD``, ``LED``, ``CD``, ``ID``: one of its terms alone (the others' weights 0, so
   every term keeps its default weight and units);
@@ -19,8 +22,8 @@ student per seed (`mlkd.bench.compare`, paired by seed) into ``OUTPUT/SETTING/<l
   label-wise structure terms;
 - ``default``: whatever ``--method l2d`` is (since issue 19, ``L2D+PKT/2``).
 
-Every variant but ``default`` sets the relation term's weight itself, so a label means the same objective
-whatever the default becomes (the ablation of docs/results.md ran when the default had no relation term).
+Every variant but ``default``, ``KD-default`` and ``PKT-default`` sets its weights (and KD its temperature)
+itself, so a label means the same objective whatever the defaults become (the ablation of docs/results.md ran when the default had no relation term).
 
 What it reports (``OUTPUT/SETTING/ablation.md`` and ``.json``) is validation only: for every variant the
 final epoch's validation mAP (no epoch chosen on the split it is read on, so no selection bias) and the best
@@ -55,26 +58,29 @@ PKT_AT_64 = PKT_DEFAULT / 64  # the same weight in the balanced form's per-image
 KD_DEFAULT = 10.0  # the KD baseline's weight on its batch-mean term (MLD's in the paper's form)
 # KD at the balanced form's MLD weight: λ_MLD = 3 per image, i.e. 3 × 64 on a batch mean at batch 64.
 KD_AT_MLD = BALANCED_WEIGHTS["mld"] * 64
-# label -> (distiller, lambdas, read at the teacher's side without a teacher)
-VARIANTS: dict[str, tuple[str, dict[str, float], bool]] = {
-    "vanilla": ("vanilla", {}, False),
-    "vanilla@read": ("vanilla", {}, True),
-    "KD": ("kd", {}, False),
-    "KDx4": ("kd", {"kd": 4 * KD_DEFAULT}, False),
-    "KD@MLD": ("kd", {"kd": KD_AT_MLD}, False),
-    "PKT": ("pkt", {}, False),
-    "PKT/2": ("pkt", {"pkt": PKT_DEFAULT / 2}, False),
-    "2PKT": ("pkt", {"pkt": 2 * PKT_DEFAULT}, False),
-    "L2D": ("l2d", {"pkt": 0.0}, False),
-    "MLD": ("l2d", {"led": 0.0, "pkt": 0.0}, False),
-    "LED": ("l2d", {"mld": 0.0, "pkt": 0.0}, False),
-    "CD": ("l2d", {"mld": 0.0, "id": 0.0, "pkt": 0.0}, False),
-    "ID": ("l2d", {"mld": 0.0, "cd": 0.0, "pkt": 0.0}, False),
-    "L2D+PKT": ("l2d", {"pkt": PKT_AT_64}, False),
-    "L2D+PKT/2": ("l2d", {"pkt": PKT_AT_64 / 2}, False),
-    "L2D+2PKT": ("l2d", {"pkt": 2 * PKT_AT_64}, False),
-    "MLD+PKT": ("l2d", {"led": 0.0, "pkt": PKT_AT_64}, False),
-    "default": ("l2d", {}, False),
+# label -> (distiller, lambdas, method options, read at the teacher's side without a teacher)
+VARIANTS: dict[str, tuple[str, dict[str, float], dict[str, float], bool]] = {
+    "vanilla": ("vanilla", {}, {}, False),
+    "vanilla@read": ("vanilla", {}, {}, True),
+    "KD": ("kd", {"kd": KD_DEFAULT}, {"temperature": 4.0}, False),
+    "KDx4": ("kd", {"kd": 4 * KD_DEFAULT}, {"temperature": 4.0}, False),
+    "KD@MLD": ("kd", {"kd": KD_AT_MLD}, {"temperature": 4.0}, False),
+    "KD-T1": ("kd", {"kd": KD_AT_MLD}, {"temperature": 1.0}, False),
+    "PKT": ("pkt", {"pkt": PKT_DEFAULT}, {}, False),
+    "PKT/2": ("pkt", {"pkt": PKT_DEFAULT / 2}, {}, False),
+    "2PKT": ("pkt", {"pkt": 2 * PKT_DEFAULT}, {}, False),
+    "L2D": ("l2d", {"pkt": 0.0}, {}, False),
+    "MLD": ("l2d", {"led": 0.0, "pkt": 0.0}, {}, False),
+    "LED": ("l2d", {"mld": 0.0, "pkt": 0.0}, {}, False),
+    "CD": ("l2d", {"mld": 0.0, "id": 0.0, "pkt": 0.0}, {}, False),
+    "ID": ("l2d", {"mld": 0.0, "cd": 0.0, "pkt": 0.0}, {}, False),
+    "L2D+PKT": ("l2d", {"pkt": PKT_AT_64}, {}, False),
+    "L2D+PKT/2": ("l2d", {"pkt": PKT_AT_64 / 2}, {}, False),
+    "L2D+2PKT": ("l2d", {"pkt": 2 * PKT_AT_64}, {}, False),
+    "MLD+PKT": ("l2d", {"led": 0.0, "pkt": PKT_AT_64}, {}, False),
+    "default": ("l2d", {}, {}, False),
+    "KD-default": ("kd", {}, {}, False),
+    "PKT-default": ("pkt", {}, {}, False),
 }
 log = logging.getLogger("mlkd")
 
@@ -91,10 +97,14 @@ def run_variants(name: str, labels: Sequence[str], seeds: Sequence[int], output:
     teacher_dir = ROOT / "runs" / "accuracy" / setting["teacher_of"] / "teacher"
     accuracy.ensure_teacher(teacher_cfg, teacher_dir)
     out = output / name
-    plain = [(label, *VARIANTS[label][:2]) for label in labels if not VARIANTS[label][2]]
-    if plain:
-        compare(teacher_dir / "best.pt", plain, seeds, config=student_cfg, output=out / "runs")
-    read = [(label, *VARIANTS[label][:2]) for label in labels if VARIANTS[label][2]]
+    plain = [label for label in labels if not VARIANTS[label][3]]
+    key = lambda label: json.dumps(VARIANTS[label][2], sort_keys=True)  # noqa: E731
+    # One comparison per set of method options: options belong to the run configuration, shared by its methods.
+    for options in dict.fromkeys(key(label) for label in plain):
+        group = [(label, *VARIANTS[label][:2]) for label in plain if key(label) == options]
+        compare(teacher_dir / "best.pt", group, seeds, output=out / "runs",
+                config=make_config(student_cfg, method_options=json.loads(options)))
+    read = [(label, *VARIANTS[label][:2]) for label in labels if VARIANTS[label][3]]
     if read:
         # The side the distilled students read their images at (`resolve_read_size`).
         side = max(student_cfg.img_size, teacher_cfg.img_size)
@@ -106,7 +116,7 @@ def collect(out: Path, labels: Sequence[str], seeds: Sequence[int], test: bool) 
     """Per variant and seed: final and best validation mAP (and test mAP with ``test``), in points."""
     found: dict[str, Any] = {}
     for label in labels:
-        folder = out / ("runs_read" if VARIANTS[label][2] else "runs") / accuracy._run_dir_name(label)
+        folder = out / ("runs_read" if VARIANTS[label][3] else "runs") / accuracy._run_dir_name(label)
         per_seed = {}
         for seed in seeds:
             run = folder / f"seed{seed}"
@@ -173,6 +183,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except FileNotFoundError as err:
             print(err, file=sys.stderr)
             return 2
+    if not out.is_dir():
+        print(f"no runs of {args.setting} in {out}: run without --report-only first", file=sys.stderr)
+        return 2
     found = collect(out, labels, seeds, args.test)
     command = "python benchmarks/ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = report(args.setting, found, command, time.perf_counter() - t0, args.test)

@@ -27,8 +27,9 @@ split), it measures:
 - the head's per-label validation AP (class order) and each label's positives in the training split.
 
 mAP and AP are in points (x100), CKA in [0, 1]; AP is mlkd's `average_precision_per_label`, which equals
-scikit-learn's ``average_precision_score``. Writes ``--output`` (default ``RUNS/backbone_probe.json``, of
-the first ``--runs``), one record per run, and a Markdown summary beside it (same stem, ``.md``): per
+scikit-learn's ``average_precision_score``. Writes ``--output`` (default ``backbone_probe.json`` beside the first
+``--runs`` folder, not inside it: a comparison's folder holding other files is refused when the bench is extended),
+one record per run, and a Markdown summary beside it (same stem, ``.md``): per
 method label the mean over seeds, the paired difference to ``vanilla`` (mean and 95 % t-interval over
 seeds), and the per-label AP gain over vanilla on the more frequent half of the labels against the rarer
 half (by training positives).
@@ -407,11 +408,11 @@ def main() -> int:
     parser.add_argument("--seeds", help="comma-separated seeds (default: every finished seed)")
     parser.add_argument("--max-train", type=int, default=4000,
                         help="probe-training images: a seeded subset of the training split (default 4000)")
-    parser.add_argument("--output", type=Path, help="JSON file (default RUNS/backbone_probe.json, first --runs)")
+    parser.add_argument("--output", type=Path, help="JSON file (default backbone_probe.json beside the first --runs folder)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     teacher_path = args.teacher / "best.pt" if args.teacher.is_dir() else args.teacher
-    output = args.output or args.runs[0] / "backbone_probe.json"
+    output = args.output or args.runs[0].parent / "backbone_probe.json"
     runs = find_runs(args.runs, args.labels.split(",") if args.labels else None,
                      [int(s) for s in args.seeds.split(",")] if args.seeds else None)
     if not runs:

@@ -342,6 +342,25 @@ def test_resume_from_the_folder_alone_and_clear_refusals(data, finished, tmp_pat
     assert "nothing to resume" in capsys.readouterr().err
 
 
+def test_a_resume_refuses_an_objective_whose_defaults_changed(data, finished, tmp_path, monkeypatch, capsys):
+    # What an mlkd update that changes a method's default weight does to a run made before it: the run's
+    # config.yaml is unchanged (no --lambda was given), so only the recorded objective can tell.
+    out = tmp_path / "kd"
+    mlkd.distill(**tiny(data, out, method="kd", teacher=str(finished / "best.pt"), epochs=1))
+    recorded = load_checkpoint(out / "last.pt")["objective"]
+    assert "lambda_kd=192" in recorded and "temperature=1" in recorded
+    assert load_checkpoint(out / "best.pt")["objective"] == recorded
+    # the same defaults: a finished run is reported again, as before
+    mlkd.distill(**tiny(data, out, method="kd", teacher=str(finished / "best.pt"), epochs=1, resume=True))
+    from mlkd.losses.objective import KDDistiller
+    monkeypatch.setattr(KDDistiller.__init__, "__kwdefaults__", {**KDDistiller.__init__.__kwdefaults__,
+                                                                 "lambda_kd": 10.0})
+    with pytest.raises(ValueError, match="objective") as refused:
+        mlkd.distill(**tiny(data, out, method="kd", teacher=str(finished / "best.pt"), epochs=1, resume=True))
+    assert "lambda_kd=192" in str(refused.value) and "lambda_kd=10," in str(refused.value)
+    assert "another --output" in str(refused.value)
+
+
 def test_orphan_cleanup_touches_only_mlkd_temporaries(data, finished, tmp_path):
     out = tmp_path / "o"
     shutil.copytree(finished, out)

@@ -71,7 +71,8 @@ def test_logit_losses_match_reference(dtype, seed):
     assert out.dtype == dtype
     close(out, mld_ref(*z64))
     close(L.mld_loss(zs, zt, temperature=3.0), mld_ref(*z64, temperature=3.0))
-    close(L.kd_loss(zs, zt), kd_ref(*z64))
+    close(L.kd_loss(zs, zt), kd_ref(*z64, temperature=1.0))  # the default τ is 1 (issue 19's search)
+    close(L.kd_loss(zs, zt, temperature=4.0), kd_ref(*z64, temperature=4.0))
     close(L.kd_loss(zs, zt, temperature=1.5), kd_ref(*z64, temperature=1.5))
     close(L.ps_loss(zs, zt, y), ps_ref(*z64, y))
     close(L.ps_loss(zs, zt, y, temperature=2.0), ps_ref(*z64, y, temperature=2.0))

@@ -248,7 +248,8 @@ def _weights_text(cfg: RunConfig) -> str:
     return "from scratch (no pretrained weights)"
 
 
-def _method_text(distiller: nn.Module, method: str) -> str:
+def method_text(distiller: nn.Module, method: str) -> str:
+    """The run's objective with its resolved weights and options, as the summary prints it and checkpoints record it."""
     if hasattr(distiller, "describe"):
         return f"{method}: {distiller.describe()}"
     if method == "vanilla":
@@ -286,7 +287,7 @@ def _summary_lines(cfg: RunConfig, info: ddp.DistInfo, device: torch.device, thr
                   + (", outputs cached" if cfg.cache_teacher else ""),
                   f"            {describe_cost(costs['teacher'])}"]
     lines += [
-        f"  method    {_method_text(step_module.distiller, cfg.method)}",
+        f"  method    {method_text(step_module.distiller, cfg.method)}",
         f"  device    {device}{processes}, {threads.threads} CPU thread(s) ({threads.reason}), {precision}",
         f"  schedule  {cfg.epochs} epochs of {steps_per_epoch} steps, batch {cfg.batch_size}, Adam lr {cfg.lr:g} "
         f"(OneCycle over {cfg.schedule_epochs or cfg.epochs} epochs, {cfg.warmup:.0%} warm-up), weight decay "

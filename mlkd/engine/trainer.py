@@ -36,7 +36,7 @@ from mlkd.engine.preflight import preflight, resolve_val_split
 from mlkd.engine.logging import RunLogger, plot_learning_curves, progress
 from mlkd.engine.run_folder import RunFolder, foreign_entries
 from mlkd.engine.schedule import build_schedule
-from mlkd.engine.summary import summarize_run
+from mlkd.engine.summary import method_text, summarize_run
 from mlkd.engine.teacher import TeacherSetup, is_external, prepare_teacher, run_teacher, \
     teacher_identity
 from mlkd.engine.teacher_cache import DEFAULT_VIEWS, TeacherCache, fill_view, shared_cache
@@ -282,7 +282,10 @@ def _set_up(cfg: RunConfig, info: ddp.DistInfo, device: torch.device, out_dir: P
                               models.student_input, amp_dtype, steps_per_epoch, run.start_epoch,
                               teacher_facts=models.teacher_facts)
     run.common = {"model_args": models.student.model_args, "classes": run.classes,
-                  "config": _saved_config(cfg).to_dict(), "input_norm": models.student_input.stats}
+                  "config": _saved_config(cfg).to_dict(), "input_norm": models.student_input.stats,
+                  # the objective as resolved, defaults included: a default that changes between versions
+                  # leaves config.yaml equal, and a resume must not mix two objectives in one run
+                  "objective": method_text(run.inner.distiller, cfg.method)}
     if cfg.hold_out_fold is not None:  # a cross-fitted teacher: the fold it held out, of which training set
         run.common["folds"] = fold_record(sets.train, cfg.hold_out_fold)
     return run
@@ -407,6 +410,7 @@ def _build_training(cfg: RunConfig, info: ddp.DistInfo, device: torch.device, ou
 def _restore(run: _Run, resume_state: dict[str, Any]) -> None:
     """Continue from a committed epoch: the weights, optimiser, schedule, scaler, every generator, the history."""
     _check_resumed_classes(resume_state, run.classes, run.out_dir)
+    _check_resumed_objective(resume_state, method_text(run.inner.distiller, run.cfg.method), run.out_dir)
     run.inner.student.load_state_dict(resume_state["model"])
     run.inner.distiller.load_state_dict(resume_state["distiller"])
     run.optimizer.load_state_dict(resume_state["optimizer"])
@@ -417,6 +421,19 @@ def _restore(run: _Run, resume_state: dict[str, Any]) -> None:
                                                      resume_state["best_epoch"])
     run.history = [dict(r) for r in resume_state.get("history", [])]
     log.info("resumed %s after epoch %d", run.out_dir, run.start_epoch)
+
+
+def _check_resumed_objective(resume_state: dict[str, Any], now: str, out_dir: Path) -> None:
+    """Refuse to continue (or to report as finished) a run whose objective differs from what the same settings
+    give today: only a method's defaults can make them differ, e.g. after an mlkd update. Checkpoints written
+    before the objective was recorded are not checked."""
+    saved = resume_state.get("objective")
+    if saved is None or saved == now:
+        return
+    raise ValueError(f"--resume: the run in {out_dir} was trained with the objective\n  {saved}\nbut the same "
+                     f"settings now give\n  {now}\n(a default of the method changed since: this run was made by "
+                     "another mlkd version). Finish it with that version, or start a new run in another --output "
+                     f"(--weights {out_dir / 'last.pt'} starts from its weights)")
 
 
 def _train_epochs(run: _Run) -> None:
@@ -707,7 +724,7 @@ def _changed_settings(saved: dict[str, Any], cfg: RunConfig, out_dir: Path) -> V
 
 def _best_state(last: dict[str, Any]) -> dict[str, Any]:
     """best.pt's content from the last.pt of the epoch that was the best: the weights and the run's facts."""
-    keep = ("model_args", "classes", "config", "input_norm", "folds", "model", "epoch", "best_map")
+    keep = ("model_args", "classes", "config", "input_norm", "folds", "objective", "model", "epoch", "best_map")
     return {k: last[k] for k in keep if k in last}
 
 

@@ -81,14 +81,15 @@ def mld_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float 
         return kl.sum(dim=1).mean() * (temperature * temperature)
 
 
-def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0, *,
+def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0, *,
             validate: bool = True) -> Tensor:
     """Sigmoid soft-target KD: per-label binary cross-entropy against the teacher's probabilities.
 
     ``L = τ² · (1/N) Σ_i Σ_k BCE(σ(z^s_ik/τ), target σ(z^t_ik/τ))`` (Hinton's τ² keeps gradient scale
-    independent of τ). It equals MLD plus the teacher's entropy, a constant for the student; the
-    difference from MLD as a baseline is the softening temperature (default 4). Reduction: sum over
-    labels, **mean over the batch** (like MLD, so the same weights are comparable).
+    independent of τ). It equals MLD plus the teacher's entropy, a constant for the student, so at the same τ
+    their gradients are equal. The default τ = 1 is the KD baseline's (chosen on validation in issue 19);
+    Hinton's τ = 4, made for a softmax, mostly rescales confident per-label logits (docs/results.md). Reduction:
+    sum over labels, **mean over the batch** (like MLD, so the same weights are comparable).
 
     Args:
         student_logits: ``[N, q]``.
