@@ -359,6 +359,29 @@ def test_a_resume_refuses_an_objective_whose_defaults_changed(data, finished, tm
         mlkd.distill(**tiny(data, out, method="kd", teacher=str(finished / "best.pt"), epochs=1, resume=True))
     assert "lambda_kd=192" in str(refused.value) and "lambda_kd=10," in str(refused.value)
     assert "another --output" in str(refused.value)
+    monkeypatch.undo()
+    # A checkpoint from before the record: KD's defaults of that time (τ 4, λ 10) are assumed, so it is refused too,
+    # unless its run gave the weights that are today's defaults explicitly.
+    state = load_checkpoint(out / "last.pt")
+    del state["objective"]
+    save_checkpoint(state, out / "last.pt")
+    with pytest.raises(ValueError, match="lambda_kd=10, temperature=4"):
+        mlkd.distill(**tiny(data, out, method="kd", teacher=str(finished / "best.pt"), epochs=1, resume=True))
+    explicit = tmp_path / "explicit"
+    options = dict(method="kd", teacher=str(finished / "best.pt"), epochs=1, lambdas={"kd": 192.0},
+                   method_options={"temperature": 1.0})
+    mlkd.distill(**tiny(data, explicit, **options))
+    state = load_checkpoint(explicit / "last.pt")
+    del state["objective"]
+    save_checkpoint(state, explicit / "last.pt")
+    mlkd.distill(**tiny(data, explicit, resume=True, **options))
+    # A vanilla run from before the record resumes as before: no default of it changed.
+    plain = tmp_path / "plain"
+    shutil.copytree(finished, plain)
+    state = load_checkpoint(plain / "last.pt")
+    state.pop("objective", None)
+    save_checkpoint(state, plain / "last.pt")
+    mlkd.train(**tiny(data, plain, resume=True))
 
 
 def test_orphan_cleanup_touches_only_mlkd_temporaries(data, finished, tmp_path):

@@ -410,7 +410,8 @@ def _build_training(cfg: RunConfig, info: ddp.DistInfo, device: torch.device, ou
 def _restore(run: _Run, resume_state: dict[str, Any]) -> None:
     """Continue from a committed epoch: the weights, optimiser, schedule, scaler, every generator, the history."""
     _check_resumed_classes(resume_state, run.classes, run.out_dir)
-    _check_resumed_objective(resume_state, method_text(run.inner.distiller, run.cfg.method), run.out_dir)
+    _check_resumed_objective(_recorded_objective(resume_state, run.cfg),
+                             method_text(run.inner.distiller, run.cfg.method), run.out_dir)
     run.inner.student.load_state_dict(resume_state["model"])
     run.inner.distiller.load_state_dict(resume_state["distiller"])
     run.optimizer.load_state_dict(resume_state["optimizer"])
@@ -423,11 +424,23 @@ def _restore(run: _Run, resume_state: dict[str, Any]) -> None:
     log.info("resumed %s after epoch %d", run.out_dir, run.start_epoch)
 
 
-def _check_resumed_objective(resume_state: dict[str, Any], now: str, out_dir: Path) -> None:
-    """Refuse to continue (or to report as finished) a run whose objective differs from what the same settings
-    give today: only a method's defaults can make them differ, e.g. after an mlkd update. Checkpoints written
-    before the objective was recorded are not checked."""
+# Defaults that changed before checkpoints recorded the objective (issue 19's search of the baselines' weights): a
+# checkpoint without the record was made with these, except where its run set them explicitly.
+_UNRECORDED_DEFAULTS = {"kd": {"lambda_kd": 10.0, "temperature": 4.0}, "pkt": {"lambda_pkt": 30000.0}}
+
+
+def _recorded_objective(resume_state: dict[str, Any], cfg: RunConfig) -> str | None:
+    """The objective a checkpoint was trained with: its record, else what the defaults of its time give."""
     saved = resume_state.get("objective")
+    if saved is not None or cfg.method not in _UNRECORDED_DEFAULTS:
+        return saved
+    given = {**{f"lambda_{k}": v for k, v in cfg.lambdas.items()}, **cfg.method_options}
+    return method_text(create_distiller(cfg.method, **{**_UNRECORDED_DEFAULTS[cfg.method], **given}), cfg.method)
+
+
+def _check_resumed_objective(saved: str | None, now: str, out_dir: Path) -> None:
+    """Refuse to continue (or to report as finished) a run whose objective differs from what the same settings
+    give today: only a method's defaults can make them differ, e.g. after an mlkd update."""
     if saved is None or saved == now:
         return
     raise ValueError(f"--resume: the run in {out_dir} was trained with the objective\n  {saved}\nbut the same "
